@@ -1,0 +1,481 @@
+//! The admin routes: `/v1/keys…`, `/healthz`, `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::StatusCode;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use vault_key_wire::{
+    parse_duration, EndpointPattern, ErrorCode, Event, EventPage, IssuedKey, KeyPage, KeyStatus,
+    KeyView, RevokedCount, Usd,
+};
+
+use crate::app::App;
+use crate::config::standard_method;
+use crate::error::ApiError;
+use crate::store::{utc_day, DaySpend, KeyQuery, KeyRecord, Revoked};
+use crate::token;
+
+/// Longest label, in bytes.
+const MAX_LABEL_LEN: usize = 256;
+/// Most patterns one key may carry.
+const MAX_ENDPOINTS: usize = 64;
+/// Largest page of keys.
+const MAX_PAGE: u32 = 1000;
+
+/// The admin router.
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/keys", post(create_key).get(list_keys))
+        .route("/v1/keys/revoke", post(revoke_by_label_prefix))
+        .route("/v1/keys/{id}", get(get_key).delete(revoke_key))
+        .route("/v1/keys/{id}/events", get(key_events))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+}
+
+/// Proof that the request carried the admin token.
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Admin, ApiError> {
+        let unauthorized = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "admin routes need `Authorization: Bearer <admin token>`",
+            )
+        };
+        let mut values = parts.headers.get_all(http::header::AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(unauthorized());
+        };
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
+            .ok_or_else(unauthorized)?;
+        if app.is_admin(presented) {
+            Ok(Admin)
+        } else {
+            Err(unauthorized())
+        }
+    }
+}
+
+async fn create_key(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ApiError::invalid_request("the body must be a JSON object")),
+        Err(e) => {
+            return Err(ApiError::invalid_request(format!(
+                "the body is not valid JSON: {e}"
+            )))
+        }
+    };
+    let spec = validate_new_key(&app, &request)?;
+    let now = OffsetDateTime::now_utc();
+    let (token, token_hash) = token::generate();
+    let key = KeyRecord {
+        id: token::generate_key_id(),
+        token_hash,
+        label: spec.label,
+        vendor: spec.vendor,
+        daily_cap: spec.cap,
+        allowed_endpoints: spec.endpoints,
+        allowed_methods: spec.methods,
+        created_at: now,
+        expires_at: now + spec.ttl,
+        revoked_at: None,
+        requests: 0,
+    };
+    app.store.insert_key(&key).await?;
+    app.metrics.key_issued();
+    tracing::info!(key_id = %key.id, label = %key.label, vendor = %key.vendor, cap_usd = %key.daily_cap, "key issued");
+    let issued = IssuedKey {
+        id: key.id,
+        token: secrecy::ExposeSecret::expose_secret(&token).to_owned(),
+        label: key.label,
+        vendor: key.vendor,
+        daily_usd_cap: key.daily_cap,
+        allowed_endpoints: key.allowed_endpoints,
+        allowed_methods: key.allowed_methods,
+        expires_at: key.expires_at,
+        created_at: key.created_at,
+    };
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+struct NewKeySpec {
+    label: String,
+    vendor: String,
+    cap: Usd,
+    endpoints: Vec<String>,
+    methods: Option<Vec<String>>,
+    ttl: std::time::Duration,
+}
+
+fn validate_new_key(app: &App, request: &Map<String, Value>) -> Result<NewKeySpec, ApiError> {
+    const FIELDS: [&str; 6] = [
+        "label",
+        "vendor",
+        "daily_usd_cap",
+        "allowed_endpoints",
+        "expires_in",
+        "allowed_methods",
+    ];
+    if let Some(unknown) = request.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid_field(
+            unknown,
+            format!(
+                "unknown field `{unknown}`; the fields are {}",
+                FIELDS.join(", ")
+            ),
+        ));
+    }
+    let string = |field: &str| -> Result<&str, ApiError> {
+        match request.get(field) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` must be a string"),
+            )),
+            None => Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` is required"),
+            )),
+        }
+    };
+    let label = string("label")?;
+    if label.is_empty() || label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            "label",
+            format!(
+                "`label` must be 1 to {MAX_LABEL_LEN} bytes of text without control characters"
+            ),
+        ));
+    }
+    let vendor_name = string("vendor")?;
+    let vendor = app.vendors.get(vendor_name).ok_or_else(|| {
+        let known: Vec<&str> = app.vendors.keys().map(String::as_str).collect();
+        ApiError::invalid_field(
+            "vendor",
+            format!("unknown vendor; this server serves: {}", known.join(", ")),
+        )
+    })?;
+    let cap = match request.get("daily_usd_cap") {
+        Some(Value::Number(n)) => {
+            Usd::try_from(n).map_err(|e| ApiError::invalid_field("daily_usd_cap", e.to_string()))?
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "daily_usd_cap",
+                "`daily_usd_cap` must be a number of dollars",
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_field(
+                "daily_usd_cap",
+                "`daily_usd_cap` is required",
+            ))
+        }
+    };
+    if cap.is_zero() {
+        return Err(ApiError::invalid_field(
+            "daily_usd_cap",
+            "`daily_usd_cap` must be more than zero",
+        ));
+    }
+    let endpoints = string_list(request, "allowed_endpoints")?.ok_or_else(|| {
+        ApiError::invalid_field("allowed_endpoints", "`allowed_endpoints` is required")
+    })?;
+    if endpoints.is_empty() || endpoints.len() > MAX_ENDPOINTS {
+        return Err(ApiError::invalid_field(
+            "allowed_endpoints",
+            format!("`allowed_endpoints` must list 1 to {MAX_ENDPOINTS} patterns"),
+        ));
+    }
+    for pattern in &endpoints {
+        pattern
+            .parse::<EndpointPattern>()
+            .map_err(|e| ApiError::invalid_field("allowed_endpoints", e.to_string()))?;
+    }
+    let ttl = parse_duration(string("expires_in")?)
+        .map_err(|e| ApiError::invalid_field("expires_in", e.to_string()))?;
+    if ttl > app.max_key_ttl {
+        return Err(ApiError::invalid_field(
+            "expires_in",
+            format!(
+                "`expires_in` is longer than this server allows ({})",
+                vault_key_wire::format_duration(app.max_key_ttl)
+            ),
+        ));
+    }
+    let methods = string_list(request, "allowed_methods")?;
+    if let Some(methods) = &methods {
+        if methods.is_empty() {
+            return Err(ApiError::invalid_field(
+                "allowed_methods",
+                "`allowed_methods`, when given, must not be empty",
+            ));
+        }
+        for method in methods {
+            let usable =
+                standard_method(method).is_some_and(|m| vendor.vendor.methods.contains(&m));
+            if !usable {
+                return Err(ApiError::invalid_field(
+                    "allowed_methods",
+                    format!(
+                        "`{method}` is not a method {} uses (methods are upper case)",
+                        vendor.vendor.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(NewKeySpec {
+        label: label.to_owned(),
+        vendor: vendor_name.to_owned(),
+        cap,
+        endpoints,
+        methods,
+        ttl,
+    })
+}
+
+fn string_list(request: &Map<String, Value>, field: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let not_list =
+        || ApiError::invalid_field(field, format!("`{field}` must be a list of strings"));
+    match request.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned).ok_or_else(not_list))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(not_list()),
+    }
+}
+
+fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> KeyView {
+    KeyView {
+        status: key.status(now),
+        id: key.id,
+        label: key.label,
+        vendor: key.vendor,
+        daily_usd_cap: key.daily_cap,
+        allowed_endpoints: key.allowed_endpoints,
+        allowed_methods: key.allowed_methods,
+        expires_at: key.expires_at,
+        created_at: key.created_at,
+        revoked_at: key.revoked_at,
+        spent_today_usd: spend.spent,
+        reserved_usd: spend.reserved,
+        requests: key.requests,
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no key has this id",
+    )
+}
+
+async fn get_key(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let (key, spend) = app
+        .store
+        .key(&id, utc_day(now))
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(key_view(key, spend, now)))
+}
+
+async fn revoke_key(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match app.store.revoke(&id, OffsetDateTime::now_utc()).await? {
+        Revoked::Now => {
+            app.metrics.keys_revoked(1);
+            tracing::info!(key_id = %id, "key revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Revoked::Already => Ok(StatusCode::NO_CONTENT),
+        Revoked::NotFound => Err(not_found()),
+    }
+}
+
+async fn revoke_by_label_prefix(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<Json<RevokedCount>, ApiError> {
+    let request: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        _ => {
+            return Err(ApiError::invalid_request(
+                "the body must be a JSON object {\"label_prefix\": \"…\"}",
+            ))
+        }
+    };
+    let prefix = match request.get("label_prefix") {
+        Some(Value::String(p)) if !p.is_empty() => p,
+        // An empty prefix would revoke every key on the server: refuse rather than guess.
+        _ => {
+            return Err(ApiError::invalid_field(
+                "label_prefix",
+                "`label_prefix` must be a non-empty string",
+            ))
+        }
+    };
+    let revoked = app
+        .store
+        .revoke_by_label_prefix(prefix, OffsetDateTime::now_utc())
+        .await?;
+    app.metrics.keys_revoked(revoked);
+    tracing::info!(label_prefix = %prefix, revoked, "keys revoked by label prefix");
+    Ok(Json(RevokedCount { revoked }))
+}
+
+fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn limit_param(params: &HashMap<String, String>, default: u32) -> Result<u32, ApiError> {
+    match params.get("limit") {
+        None => Ok(default),
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid_field(
+                "limit",
+                format!("`limit` must be a whole number from 1 to {MAX_PAGE}"),
+            )),
+        },
+    }
+}
+
+async fn list_keys(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<KeyPage>, ApiError> {
+    let params = query_pairs(query.as_deref());
+    let status = match params.get("status").map(String::as_str) {
+        None | Some("") => None,
+        Some("active") => Some(KeyStatus::Active),
+        Some("revoked") => Some(KeyStatus::Revoked),
+        Some("expired") => Some(KeyStatus::Expired),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "status",
+                "`status` is one of active, revoked, expired",
+            ))
+        }
+    };
+    let after = match params.get("cursor") {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::invalid_field(
+                "cursor",
+                "`cursor` must be a value returned as `next_cursor`",
+            )
+        })?),
+    };
+    let limit = limit_param(&params, 100)?;
+    let now = OffsetDateTime::now_utc();
+    let rows = app
+        .store
+        .list_keys(
+            &KeyQuery {
+                label_prefix: params
+                    .get("label_prefix")
+                    .filter(|p| !p.is_empty())
+                    .cloned(),
+                status,
+                now: Some(now),
+                after,
+                limit,
+            },
+            utc_day(now),
+        )
+        .await?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|(seq, _, _)| seq.to_string()))
+        .flatten();
+    let keys = rows
+        .into_iter()
+        .map(|(_, key, spend)| key_view(key, spend, now))
+        .collect();
+    Ok(Json(KeyPage { keys, next_cursor }))
+}
+
+async fn key_events(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EventPage>, ApiError> {
+    let limit = limit_param(&query_pairs(query.as_deref()), MAX_PAGE)?;
+    let now = OffsetDateTime::now_utc();
+    if app.store.key(&id, utc_day(now)).await?.is_none() {
+        return Err(not_found());
+    }
+    let events = app
+        .store
+        .calls(&id, limit)
+        .await?
+        .into_iter()
+        .map(|call| Event {
+            at: call.at,
+            method: call.method,
+            path: call.path,
+            upstream_status: call.upstream_status,
+            reserved_usd: call.reserved,
+            settled_usd: call.settled,
+            denied: call.denied,
+        })
+        .collect();
+    Ok(Json(EventPage { events }))
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    app.store.key_counts(OffsetDateTime::now_utc()).await?;
+    Ok(Json(serde_json::json!({ "status": "ok" })))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let counts = app.store.key_counts(OffsetDateTime::now_utc()).await?;
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(counts),
+    )
+        .into_response())
+}

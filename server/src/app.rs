@@ -1,0 +1,64 @@
+//! The state every route shares.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::token::TokenHash;
+use crate::vendor::Vendor;
+
+/// A vendor with its upstream address resolved (the sandbox's is known only once it listens).
+#[derive(Debug)]
+pub struct LiveVendor {
+    /// As configured.
+    pub vendor: Vendor,
+    /// Origin (and optional path prefix) that checked paths are appended to.
+    pub base_url: Url,
+}
+
+/// Shared state.
+pub struct App {
+    /// Keys, spend and calls.
+    pub store: Arc<dyn Store>,
+    /// Vendors by name.
+    pub vendors: BTreeMap<String, LiveVendor>,
+    /// Hash of the admin token, compared in constant time.
+    pub admin_token: TokenHash,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Client for upstream calls: no redirects, no proxy from the environment.
+    pub http: reqwest::Client,
+    /// Longest key lifetime.
+    pub max_key_ttl: Duration,
+    /// Time to the vendor's response headers.
+    pub upstream_timeout: Duration,
+    /// Largest proxied body.
+    pub max_body_bytes: usize,
+    /// Largest total of request header bytes.
+    pub max_header_bytes: usize,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("vendors", &self.vendors.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Whether a presented admin token is the right one.
+    pub fn is_admin(&self, presented: &str) -> bool {
+        TokenHash::of(presented).matches(&self.admin_token)
+    }
+}
+
+/// Hashes the admin token so the plain value is not kept around.
+pub fn admin_token_hash(token: &SecretString) -> TokenHash {
+    TokenHash::of(token.expose_secret())
+}

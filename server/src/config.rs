@@ -1,0 +1,394 @@
+//! Server configuration: the command line, the environment and an optional TOML file.
+//!
+//! ```toml
+//! max_key_ttl = "24h"        # longest `expires_in` a key may ask for
+//! upstream_timeout = "60s"   # time to the vendor's response headers
+//! max_body_bytes = 10485760
+//!
+//! [vendors.stripe]           # built in; everything optional
+//! base_url = "https://api.stripe.com"
+//! secret_env = "STRIPE_SECRET_KEY"
+//! [vendors.stripe.usd_per_unit]
+//! eur = "1.08"               # USD per euro, for charges in EUR
+//!
+//! [vendors.acme]             # a generic vendor
+//! base_url = "https://api.acme.example"
+//! secret_env = "ACME_API_KEY"
+//! auth_header = "x-acme-key" # default: Authorization: Bearer
+//! cost_per_call_usd = "0.002"
+//! methods = ["GET", "POST"]
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+use vault_key_wire::{parse_duration, Usd};
+
+use crate::meter::{Meter, StripeMeter};
+use crate::store::SyncMode;
+use crate::vendor::{rest_methods, Upstream, Vendor, VendorAuth, RESERVED_NAMES, SANDBOX_SECRET};
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `sqlite://path`, `sqlite::memory:`.
+    pub database_url: String,
+    /// Commit durability.
+    pub sync: SyncMode,
+    /// Bearer token of the admin routes.
+    pub admin_token: SecretString,
+    /// The vendors the proxy serves.
+    pub vendors: Vec<Vendor>,
+    /// Longest lifetime a key may ask for.
+    pub max_key_ttl: Duration,
+    /// Time allowed to connect to a vendor.
+    pub connect_timeout: Duration,
+    /// Time allowed until the vendor's response headers.
+    pub upstream_timeout: Duration,
+    /// Largest proxied request body.
+    pub max_body_bytes: usize,
+    /// Largest sum of request header bytes.
+    pub max_header_bytes: usize,
+}
+
+/// Why the configuration cannot start a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Missing or weak admin token.
+    #[error("VAULT_KEY_ADMIN_TOKEN must be set to a secret of at least 16 characters")]
+    AdminToken,
+    /// A config file that cannot be read or parsed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A vendor entry that makes no sense.
+    #[error("vendor `{vendor}`: {message}")]
+    Vendor {
+        /// The vendor.
+        vendor: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting that makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The TOML configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    max_key_ttl: Option<String>,
+    upstream_timeout: Option<String>,
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    vendors: BTreeMap<String, VendorFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VendorFile {
+    base_url: Option<String>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    auth_header: Option<String>,
+    cost_per_call_usd: Option<String>,
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    usd_per_unit: BTreeMap<String, String>,
+}
+
+impl ConfigFile {
+    /// Parses TOML text.
+    pub fn parse(text: &str, path: &str) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl ServerConfig {
+    /// Defaults around an admin token: loopback port 0, in-memory SQLite, no vendors.
+    pub fn new(admin_token: SecretString) -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: "sqlite::memory:".to_owned(),
+            sync: SyncMode::Normal,
+            admin_token,
+            vendors: Vec::new(),
+            max_key_ttl: Duration::from_secs(24 * 3600),
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+        }
+    }
+
+    /// A server whose vendors are all the built-in sandbox: what tests and the quickstart run.
+    pub fn sandbox(admin_token: SecretString) -> ServerConfig {
+        let mut config = ServerConfig::new(admin_token);
+        config.vendors = vec![stripe(
+            Upstream::Sandbox,
+            SecretString::from(SANDBOX_SECRET),
+            StripeMeter::default(),
+        )];
+        config
+    }
+
+    /// Applies a config file and the environment. With `sandbox`, built-in vendors answer from
+    /// the stand-in, and a real secret in the environment is an error rather than silently unused.
+    pub fn apply(
+        &mut self,
+        file: &ConfigFile,
+        env: &dyn Fn(&str) -> Option<String>,
+        sandbox: bool,
+    ) -> Result<(), ConfigError> {
+        if let Some(ttl) = &file.max_key_ttl {
+            self.max_key_ttl = duration_setting("max_key_ttl", ttl)?;
+        }
+        if let Some(timeout) = &file.upstream_timeout {
+            self.upstream_timeout = duration_setting("upstream_timeout", timeout)?;
+        }
+        if let Some(max) = file.max_body_bytes {
+            self.max_body_bytes = max;
+        }
+        self.vendors.clear();
+        let stripe_file = file.vendors.get("stripe");
+        let default_stripe = VendorFile::default();
+        let stripe_file = stripe_file.unwrap_or(&default_stripe);
+        let rates = stripe_file
+            .usd_per_unit
+            .iter()
+            .map(|(currency, rate)| {
+                let rate = rate
+                    .parse::<Usd>()
+                    .map_err(|e| vendor_error("stripe", format!("rate for `{currency}`: {e}")))?;
+                Ok((currency.to_ascii_lowercase(), rate))
+            })
+            .collect::<Result<HashMap<_, _>, ConfigError>>()?;
+        let stripe_secret = secret_of(stripe_file, "STRIPE_SECRET_KEY", env);
+        if sandbox {
+            if stripe_secret.is_some() {
+                return Err(vendor_error(
+                    "stripe",
+                    "a real secret is configured and --sandbox would hide it; drop one of them",
+                ));
+            }
+            self.vendors.push(stripe(
+                Upstream::Sandbox,
+                SecretString::from(SANDBOX_SECRET),
+                StripeMeter::new(rates),
+            ));
+        } else if let Some(secret) = stripe_secret {
+            let base = stripe_file
+                .base_url
+                .as_deref()
+                .unwrap_or("https://api.stripe.com");
+            self.vendors.push(stripe(
+                Upstream::Url(base_url("stripe", base)?),
+                secret,
+                StripeMeter::new(rates),
+            ));
+        }
+        for (name, vendor) in file
+            .vendors
+            .iter()
+            .filter(|(name, _)| name.as_str() != "stripe")
+        {
+            self.vendors.push(generic_vendor(name, vendor, env)?);
+        }
+        Ok(())
+    }
+}
+
+fn stripe(upstream: Upstream, secret: SecretString, meter: StripeMeter) -> Vendor {
+    Vendor {
+        name: "stripe".to_owned(),
+        upstream,
+        secret,
+        auth: VendorAuth::Bearer,
+        meter: Meter::Stripe(meter),
+        methods: rest_methods(),
+    }
+}
+
+fn generic_vendor(
+    name: &str,
+    file: &VendorFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vendor, ConfigError> {
+    if RESERVED_NAMES.contains(&name)
+        || name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(vendor_error(name, "a vendor name is lower-case letters, digits, `-` and `_`, and not v1, healthz or metrics"));
+    }
+    let base = file
+        .base_url
+        .as_deref()
+        .ok_or_else(|| vendor_error(name, "base_url is required"))?;
+    let secret = secret_of(file, "", env)
+        .ok_or_else(|| vendor_error(name, "set `secret` or `secret_env` (and that variable)"))?;
+    let auth = match file.auth_header.as_deref() {
+        None => VendorAuth::Bearer,
+        Some(header) if header.eq_ignore_ascii_case("authorization") => VendorAuth::Bearer,
+        Some(header) => VendorAuth::Header(
+            HeaderName::try_from(header)
+                .map_err(|_| vendor_error(name, format!("`{header}` is not a header name")))?,
+        ),
+    };
+    let cost = match &file.cost_per_call_usd {
+        Some(cost) => cost
+            .parse::<Usd>()
+            .map_err(|e| vendor_error(name, format!("cost_per_call_usd: {e}")))?,
+        None => Usd::ZERO,
+    };
+    let methods = match &file.methods {
+        None => rest_methods(),
+        Some(methods) => methods
+            .iter()
+            .map(|m| {
+                standard_method(m).ok_or_else(|| {
+                    vendor_error(name, format!("`{m}` is not a method a vendor API uses"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Vendor {
+        name: name.to_owned(),
+        upstream: Upstream::Url(base_url(name, base)?),
+        secret,
+        auth,
+        meter: Meter::Flat(cost),
+        methods,
+    })
+}
+
+/// The methods a key may be limited to and a vendor may use: the standard ones that carry API
+/// calls, spelled exactly in upper case.
+pub fn standard_method(text: &str) -> Option<Method> {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        .contains(&text)
+        .then(|| Method::from_bytes(text.as_bytes()).ok())
+        .flatten()
+}
+
+fn secret_of(
+    file: &VendorFile,
+    default_env: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<SecretString> {
+    if let Some(secret) = &file.secret {
+        return Some(SecretString::from(secret.clone()));
+    }
+    let var = file.secret_env.as_deref().unwrap_or(default_env);
+    (!var.is_empty())
+        .then(|| env(var))
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .map(SecretString::from)
+}
+
+fn base_url(vendor: &str, text: &str) -> Result<Url, ConfigError> {
+    let url =
+        Url::parse(text).map_err(|e| vendor_error(vendor, format!("base_url `{text}`: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || url.cannot_be_a_base()
+    {
+        return Err(vendor_error(
+            vendor,
+            format!("base_url `{text}` must be an http(s) origin with an optional path"),
+        ));
+    }
+    Ok(url)
+}
+
+fn duration_setting(name: &str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))
+}
+
+fn vendor_error(vendor: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Vendor {
+        vendor: vendor.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn sandbox_refuses_to_hide_a_real_secret() {
+        let mut config = ServerConfig::new(SecretString::from("a".repeat(20)));
+        let env = |var: &str| (var == "STRIPE_SECRET_KEY").then(|| "sk_live_x".to_owned());
+        let err = config
+            .apply(&ConfigFile::default(), &env, true)
+            .unwrap_err();
+        assert!(err.to_string().contains("--sandbox"), "{err}");
+        config.apply(&ConfigFile::default(), &env, false).unwrap();
+        assert!(matches!(config.vendors[0].upstream, Upstream::Url(_)));
+    }
+
+    #[test]
+    fn generic_vendor_from_file() {
+        let file = ConfigFile::parse(
+            r#"
+            [vendors.acme]
+            base_url = "http://127.0.0.1:9/api"
+            secret = "acme-secret"
+            auth_header = "x-acme-key"
+            cost_per_call_usd = "0.25"
+            methods = ["GET", "POST"]
+            "#,
+            "test.toml",
+        )
+        .unwrap();
+        let mut config = ServerConfig::new(SecretString::from("a".repeat(20)));
+        config.apply(&file, &no_env, false).unwrap();
+        let acme = config.vendors.iter().find(|v| v.name == "acme").unwrap();
+        assert_eq!(
+            acme.auth,
+            VendorAuth::Header(HeaderName::from_static("x-acme-key"))
+        );
+        assert!(matches!(acme.meter, Meter::Flat(cost) if cost.micros() == 250_000));
+        assert_eq!(acme.methods, vec![Method::GET, Method::POST]);
+    }
+
+    #[test]
+    fn bad_vendor_entries_are_refused() {
+        for toml in [
+            "[vendors.v1]\nbase_url = \"http://x\"\nsecret = \"s\"",
+            "[vendors.acme]\nsecret = \"s\"",
+            "[vendors.acme]\nbase_url = \"http://x\"",
+            "[vendors.acme]\nbase_url = \"ftp://x\"\nsecret = \"s\"",
+            "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\nmethods = [\"TRACE\"]",
+            "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\ncost_per_call_usd = \"-1\"",
+        ] {
+            let file = ConfigFile::parse(toml, "t.toml").unwrap();
+            let mut config = ServerConfig::new(SecretString::from("a".repeat(20)));
+            assert!(config.apply(&file, &no_env, false).is_err(), "{toml}");
+        }
+        assert!(ConfigFile::parse("unknown_setting = 1", "t.toml").is_err());
+    }
+}

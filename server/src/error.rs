@@ -1,0 +1,61 @@
+//! Error responses: a status and an [`ErrorBody`] with its stable `code`.
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::StatusCode;
+use vault_key_wire::{ErrorBody, ErrorCode};
+
+use crate::store::StoreError;
+
+/// An error answer of any route.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// JSON body (boxed: errors travel through many `Result`s and should stay small).
+    pub body: Box<ErrorBody>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: Box::new(ErrorBody::new(code, message)),
+        }
+    }
+
+    /// `400 invalid_request` about one field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> ApiError {
+        let mut error = ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message);
+        error.body.field = Some(field.to_owned());
+        error
+    }
+
+    /// `400 invalid_request`.
+    pub fn invalid_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
+    }
+
+    /// The error's code.
+    pub fn code(&self) -> ErrorCode {
+        self.body.code
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        tracing::error!(%error, "key store failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            "the key store is unavailable; retry shortly",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(*self.body)).into_response()
+    }
+}

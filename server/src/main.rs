@@ -1,0 +1,111 @@
+//! `vault-key-server`: the key service and enforcing proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use tracing_subscriber::EnvFilter;
+use vault_key_server::{ConfigFile, Sandbox, Server, ServerConfig, SyncMode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vault-key-server",
+    version,
+    about = "Per-task, scoped, short-lived vendor API keys: key service and enforcing proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the admin API and the proxy. The admin token comes from VAULT_KEY_ADMIN_TOKEN;
+    /// vendor secrets from STRIPE_SECRET_KEY or the config file.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: SocketAddr,
+        /// `sqlite://vault.db` (a file, created if missing) or `sqlite::memory:`.
+        #[arg(long, default_value = "sqlite://vault.db")]
+        db: String,
+        /// Answer vendor calls with the built-in stand-ins (no network, no real secrets).
+        #[arg(long)]
+        sandbox: bool,
+        /// TOML file with vendors, currency rates and limits.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `full` also survives power loss, with one fsync per metered call.
+        #[arg(long, value_enum, default_value_t = SyncMode::Normal)]
+        sync: SyncMode,
+    },
+    /// Run only the sandbox vendors, as a stand-alone upstream (for tests and demos).
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8788")]
+        listen: SocketAddr,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("vault-key-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            db,
+            sandbox,
+            config,
+            sync,
+        } => {
+            let admin_token = std::env::var("VAULT_KEY_ADMIN_TOKEN").unwrap_or_default();
+            let mut server_config = ServerConfig::new(SecretString::from(admin_token));
+            server_config.listen = listen;
+            server_config.database_url = db;
+            server_config.sync = sync;
+            let file = match &config {
+                Some(path) => {
+                    let shown = path.display().to_string();
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("config file {shown}: {e}"))?;
+                    ConfigFile::parse(&text, &shown).map_err(|e| e.to_string())?
+                }
+                None => ConfigFile::default(),
+            };
+            server_config
+                .apply(&file, &|var| std::env::var(var).ok(), sandbox)
+                .map_err(|e| e.to_string())?;
+            if server_config.vendors.is_empty() {
+                tracing::warn!("no vendor is configured: set STRIPE_SECRET_KEY, add vendors to --config, or pass --sandbox");
+            }
+            let server = Server::start(server_config)
+                .await
+                .map_err(|e| e.to_string())?;
+            server.run_until_signalled().await;
+            Ok(())
+        }
+        Command::Sandbox { listen } => {
+            let sandbox = Sandbox::start(listen).await.map_err(|e| e.to_string())?;
+            println!("sandbox vendors at http://{}/stripe", sandbox.addr());
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Durable state behind the service: keys, per-day spend, and calls (each proxied or refused call,
+//! which doubles as the key's audit trail and as the reservation a metered call holds).
+//!
+//! Every money-moving operation is one atomic transaction in the store, so the guarantees hold
+//! however many proxy tasks (or, with PostgreSQL, server instances) run at once:
+//! - [`Store::open_call`] reserves a call's largest possible cost only if
+//!   `spent + reserved + cost <= cap`, and commits before the request is forwarded;
+//! - [`Store::settle_call`] moves a reservation to its actual cost exactly once.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use time::{Date, OffsetDateTime};
+use vault_key_wire::{ErrorCode, KeyStatus, Usd};
+
+use crate::token::TokenHash;
+
+pub use sqlite::{SqliteStore, SyncMode};
+
+/// A failure of the store itself (not a refusal): the request cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[error("key store error: {0}")]
+pub struct StoreError(#[from] pub sqlx::Error);
+
+/// A key as stored (its token only as a hash).
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// Public id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub token_hash: TokenHash,
+    /// Free-text label.
+    pub label: String,
+    /// Vendor name.
+    pub vendor: String,
+    /// Daily cap.
+    pub daily_cap: Usd,
+    /// Endpoint patterns, validated at issue.
+    pub allowed_endpoints: Vec<String>,
+    /// Allowed methods, when restricted.
+    pub allowed_methods: Option<Vec<String>>,
+    /// Issue time.
+    pub created_at: OffsetDateTime,
+    /// Expiry.
+    pub expires_at: OffsetDateTime,
+    /// Revocation time.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Calls forwarded upstream.
+    pub requests: u64,
+}
+
+impl KeyRecord {
+    /// Status at `now`; revocation wins over expiry.
+    pub fn status(&self, now: OffsetDateTime) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if now >= self.expires_at {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// Spend of one key on one UTC day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DaySpend {
+    /// Settled.
+    pub spent: Usd,
+    /// Held by calls not yet settled.
+    pub reserved: Usd,
+}
+
+impl DaySpend {
+    /// Everything counted against the cap.
+    pub fn committed(self) -> Usd {
+        self.spent.saturating_add(self.reserved)
+    }
+}
+
+/// The UTC day that a moment belongs to: caps are per key per UTC day.
+pub fn utc_day(at: OffsetDateTime) -> Date {
+    at.to_offset(time::UtcOffset::UTC).date()
+}
+
+/// Filters of `GET /v1/keys`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    /// Only labels starting with this.
+    pub label_prefix: Option<String>,
+    /// Only keys in this status at `now`.
+    pub status: Option<KeyStatus>,
+    /// The status is judged at this moment.
+    pub now: Option<OffsetDateTime>,
+    /// Only keys issued after the one with this sequence number.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A call the proxy is about to forward.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    /// The key making it.
+    pub key_id: String,
+    /// Its daily cap.
+    pub cap: Usd,
+    /// Arrival time; its UTC day is the day the spend counts against.
+    pub at: OffsetDateTime,
+    /// HTTP method.
+    pub method: String,
+    /// Checked upstream path, without query.
+    pub path: String,
+    /// The most this call can cost.
+    pub max_cost: Usd,
+    /// A vendor idempotency key: a replay of a call that may have cost money is not reserved again.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// A vendor idempotency key and what the call it names must look like to count as a replay.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// The `Idempotency-Key` header value.
+    pub key: String,
+    /// Method, path and cost: a different request under the same key is not a replay.
+    pub fingerprint: String,
+}
+
+/// The result of [`Store::open_call`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedCall {
+    /// Reserved (possibly zero, for a replay) and durable; settle it with this id.
+    Opened {
+        /// Call id.
+        call_id: i64,
+        /// What was reserved.
+        reserved: Usd,
+    },
+    /// Reserving would exceed the cap; nothing was written.
+    CapExhausted(DaySpend),
+}
+
+/// A call the proxy refused, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct DeniedCall {
+    /// The key that made it.
+    pub key_id: String,
+    /// Arrival time.
+    pub at: OffsetDateTime,
+    /// HTTP method.
+    pub method: String,
+    /// Path as received, truncated.
+    pub path: String,
+    /// Why.
+    pub code: ErrorCode,
+}
+
+/// One row of a key's audit trail.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// Arrival.
+    pub at: OffsetDateTime,
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Vendor status.
+    pub upstream_status: Option<u16>,
+    /// Reserved.
+    pub reserved: Usd,
+    /// Settled, once known.
+    pub settled: Option<Usd>,
+    /// Refusal code.
+    pub denied: Option<ErrorCode>,
+}
+
+/// Outcome of revoking one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// Revoked now.
+    Now,
+    /// Was already revoked.
+    Already,
+    /// No such key.
+    NotFound,
+}
+
+/// Counts of keys by status, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyCounts {
+    /// Usable.
+    pub active: u64,
+    /// Revoked.
+    pub revoked: u64,
+    /// Expired without revocation.
+    pub expired: u64,
+}
+
+/// Where keys, spend and the audit trail live.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new key.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// The key with this token hash, with its spend on `day`.
+    async fn key_by_token(
+        &self,
+        hash: &TokenHash,
+        day: Date,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError>;
+    /// The key with this id, with its spend on `day`.
+    async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError>;
+    /// A page of keys with their sequence numbers (the cursor) and spend on `day`.
+    async fn list_keys(
+        &self,
+        query: &KeyQuery,
+        day: Date,
+    ) -> Result<Vec<(i64, KeyRecord, DaySpend)>, StoreError>;
+    /// Revokes one key.
+    async fn revoke(&self, id: &str, at: OffsetDateTime) -> Result<Revoked, StoreError>;
+    /// Revokes every unrevoked key whose label starts with `prefix`; returns how many.
+    async fn revoke_by_label_prefix(
+        &self,
+        prefix: &str,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+    /// Reserves a call's maximum cost against the cap and records it, atomically and durably.
+    async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError>;
+    /// Settles an opened call to its actual cost, once; later calls for the same id do nothing.
+    async fn settle_call(
+        &self,
+        call_id: i64,
+        cost: Usd,
+        upstream_status: Option<u16>,
+    ) -> Result<(), StoreError>;
+    /// Records a zero-cost call that was forwarded without a reservation.
+    async fn record_free_call(
+        &self,
+        key_id: &str,
+        at: OffsetDateTime,
+        method: &str,
+        path: &str,
+        upstream_status: Option<u16>,
+    ) -> Result<(), StoreError>;
+    /// Records a refused call.
+    async fn record_denial(&self, denial: &DeniedCall) -> Result<(), StoreError>;
+    /// The key's calls, oldest first.
+    async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError>;
+    /// Key counts by status at `now`.
+    async fn key_counts(&self, now: OffsetDateTime) -> Result<KeyCounts, StoreError>;
+}

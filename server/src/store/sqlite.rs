@@ -1,0 +1,531 @@
+//! The embedded store: SQLite, in a file or in memory.
+//!
+//! All writes go through one connection, so SQLite's single-writer rule is met by queueing in the
+//! pool rather than by `SQLITE_BUSY` retries, and every transaction sees the one before it. Reads
+//! of a file database use a separate pool and run beside the writer (WAL mode). With
+//! `synchronous = NORMAL` a committed transaction is in the WAL before `commit` returns, which is
+//! what surviving a crash of the server process needs; [`SyncMode::Full`] adds an fsync per commit
+//! for surviving power loss.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use time::{Date, OffsetDateTime};
+use vault_key_wire::{ErrorCode, KeyStatus, Usd};
+
+use super::{
+    utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall,
+    Revoked, Store, StoreError,
+};
+use crate::token::TokenHash;
+
+/// How hard a commit works to be durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// Survives a crash of the server process (`synchronous = NORMAL` in WAL mode).
+    #[default]
+    Normal,
+    /// Also survives power loss, at the price of one fsync per commit (`synchronous = FULL`).
+    Full,
+}
+
+/// How long an idempotency key protects against a second reservation. Stripe keeps
+/// idempotency keys for at least 24 hours; after that a replay may act again, so it pays again.
+const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database named by a `sqlite://path` or `sqlite::memory:` URL
+    /// and brings its schema up to date.
+    pub async fn open(url: &str, sync: SyncMode) -> Result<SqliteStore, StoreError> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .journal_mode(if in_memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .synchronous(match sync {
+                SyncMode::Normal => SqliteSynchronous::Normal,
+                SyncMode::Full => SqliteSynchronous::Full,
+            });
+        // One long-lived connection: an in-memory database lives exactly as long as it does.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError(e.into()))?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Closes both pools, waiting for queries in progress.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+const KEY_COLUMNS: &str = "k.seq, k.id, k.token_hash, k.label, k.vendor, k.daily_cap_micros, \
+     k.allowed_endpoints, k.allowed_methods, k.created_ms, k.expires_ms, k.revoked_ms, k.requests, \
+     COALESCE(s.spent_micros, 0) AS spent_micros, COALESCE(s.reserved_micros, 0) AS reserved_micros";
+
+fn to_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn from_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn usd(micros: i64) -> Usd {
+    Usd::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+fn micros(amount: Usd) -> i64 {
+    // Every amount is at most `Usd::MAX` (10^15), far inside i64.
+    i64::try_from(amount.micros()).unwrap_or(i64::MAX)
+}
+
+fn decode_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError(sqlx::Error::Decode(Box::new(e)))
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<(i64, KeyRecord, DaySpend), StoreError> {
+    let hash: Vec<u8> = row.try_get("token_hash")?;
+    let token_hash = TokenHash(
+        hash.try_into()
+            .map_err(|_| StoreError(sqlx::Error::Decode("token hash is not 32 bytes".into())))?,
+    );
+    let endpoints: String = row.try_get("allowed_endpoints")?;
+    let methods: Option<String> = row.try_get("allowed_methods")?;
+    let record = KeyRecord {
+        id: row.try_get("id")?,
+        token_hash,
+        label: row.try_get("label")?,
+        vendor: row.try_get("vendor")?,
+        daily_cap: usd(row.try_get("daily_cap_micros")?),
+        allowed_endpoints: serde_json::from_str(&endpoints).map_err(decode_err)?,
+        allowed_methods: methods
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(decode_err)?,
+        created_at: from_ms(row.try_get("created_ms")?),
+        expires_at: from_ms(row.try_get("expires_ms")?),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_ms")?.map(from_ms),
+        requests: u64::try_from(row.try_get::<i64, _>("requests")?).unwrap_or(0),
+    };
+    let spend = DaySpend {
+        spent: usd(row.try_get("spent_micros")?),
+        reserved: usd(row.try_get("reserved_micros")?),
+    };
+    Ok((row.try_get("seq")?, record, spend))
+}
+
+async fn day_spend(
+    conn: &mut sqlx::SqliteConnection,
+    key_id: &str,
+    day: &str,
+) -> Result<DaySpend, StoreError> {
+    let row =
+        sqlx::query("SELECT spent_micros, reserved_micros FROM spend WHERE key_id = ? AND day = ?")
+            .bind(key_id)
+            .bind(day)
+            .fetch_optional(conn)
+            .await?;
+    Ok(match row {
+        Some(row) => DaySpend {
+            spent: usd(row.try_get(0)?),
+            reserved: usd(row.try_get(1)?),
+        },
+        None => DaySpend::default(),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, allowed_endpoints, \
+             allowed_methods, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.token_hash.0[..])
+        .bind(&key.label)
+        .bind(&key.vendor)
+        .bind(micros(key.daily_cap))
+        .bind(serde_json::to_string(&key.allowed_endpoints).map_err(decode_err)?)
+        .bind(
+            key.allowed_methods
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(decode_err)?,
+        )
+        .bind(to_ms(key.created_at))
+        .bind(to_ms(key.expires_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn key_by_token(
+        &self,
+        hash: &TokenHash,
+        day: Date,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = ? \
+             WHERE k.token_hash = ?"
+        );
+        let row = sqlx::query(&sql)
+            .bind(day.to_string())
+            .bind(&hash.0[..])
+            .fetch_optional(&self.reader)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (_, key, spend) = key_from_row(&row)?;
+        // The index found the row by hash; confirm in constant time all the same.
+        Ok(key.token_hash.matches(hash).then_some((key, spend)))
+    }
+
+    async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = ? \
+             WHERE k.id = ?"
+        );
+        let row = sqlx::query(&sql)
+            .bind(day.to_string())
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|row| key_from_row(&row).map(|(_, key, spend)| (key, spend)))
+            .transpose()
+    }
+
+    async fn list_keys(
+        &self,
+        query: &KeyQuery,
+        day: Date,
+    ) -> Result<Vec<(i64, KeyRecord, DaySpend)>, StoreError> {
+        let now_ms = to_ms(query.now.unwrap_or_else(OffsetDateTime::now_utc));
+        let mut sql = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = "
+        ));
+        sql.push_bind(day.to_string()).push(" WHERE 1 = 1");
+        if let Some(prefix) = &query.label_prefix {
+            // `substr` rather than `LIKE`: a `%` or `_` in a label is not a wildcard.
+            sql.push(" AND substr(k.label, 1, length(")
+                .push_bind(prefix.clone())
+                .push(")) = ")
+                .push_bind(prefix.clone());
+        }
+        match query.status {
+            Some(KeyStatus::Revoked) => {
+                sql.push(" AND k.revoked_ms IS NOT NULL");
+            }
+            Some(KeyStatus::Expired) => {
+                sql.push(" AND k.revoked_ms IS NULL AND k.expires_ms <= ")
+                    .push_bind(now_ms);
+            }
+            Some(KeyStatus::Active) => {
+                sql.push(" AND k.revoked_ms IS NULL AND k.expires_ms > ")
+                    .push_bind(now_ms);
+            }
+            None => {}
+        }
+        if let Some(after) = query.after {
+            sql.push(" AND k.seq > ").push_bind(after);
+        }
+        sql.push(" ORDER BY k.seq LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke(&self, id: &str, at: OffsetDateTime) -> Result<Revoked, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let changed =
+            sqlx::query("UPDATE keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL")
+                .bind(to_ms(at))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let outcome = if changed == 1 {
+            Revoked::Now
+        } else if sqlx::query("SELECT 1 FROM keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
+            Revoked::Already
+        } else {
+            Revoked::NotFound
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn revoke_by_label_prefix(
+        &self,
+        prefix: &str,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let at_ms = to_ms(at);
+        let done = sqlx::query(
+            "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL AND expires_ms > ?1 \
+             AND substr(label, 1, length(?2)) = ?2",
+        )
+        .bind(at_ms)
+        .bind(prefix)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError> {
+        let day = utc_day(call.at).to_string();
+        let at_ms = to_ms(call.at);
+        let mut tx = self.writer.begin().await?;
+        let mut reserve = call.max_cost;
+        if let Some(claim) = &call.idempotency {
+            // The latest reserving call under this key. If it may have cost money (settled above
+            // zero, or outcome unknown), the vendor will replay its result rather than act again.
+            let earlier: Option<Option<i64>> = sqlx::query_scalar(
+                "SELECT settled_micros FROM calls WHERE key_id = ? AND idempotency_key = ? \
+                 AND fingerprint = ? AND at_ms > ? ORDER BY id DESC LIMIT 1",
+            )
+            .bind(&call.key_id)
+            .bind(&claim.key)
+            .bind(&claim.fingerprint)
+            .bind(at_ms - IDEMPOTENCY_WINDOW_MS)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if matches!(earlier, Some(None)) || matches!(earlier, Some(Some(s)) if s > 0) {
+                reserve = Usd::ZERO;
+            }
+        }
+        if !reserve.is_zero() {
+            sqlx::query("INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(&call.key_id)
+                .bind(&day)
+                .execute(&mut *tx)
+                .await?;
+            let reserved = sqlx::query(
+                "UPDATE spend SET reserved_micros = reserved_micros + ?1 \
+                 WHERE key_id = ?2 AND day = ?3 AND spent_micros + reserved_micros + ?1 <= ?4",
+            )
+            .bind(micros(reserve))
+            .bind(&call.key_id)
+            .bind(&day)
+            .bind(micros(call.cap))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if reserved == 0 {
+                let spend = day_spend(&mut tx, &call.key_id, &day).await?;
+                tx.rollback().await?;
+                return Ok(OpenedCall::CapExhausted(spend));
+            }
+        }
+        // Only a reserving call can be replayed: a replay records no idempotency key of its own.
+        let claim = call.idempotency.as_ref().filter(|_| !reserve.is_zero());
+        let call_id: i64 = sqlx::query_scalar(
+            "INSERT INTO calls (key_id, day, at_ms, method, path, reserved_micros, \
+             idempotency_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&call.key_id)
+        .bind(&day)
+        .bind(at_ms)
+        .bind(&call.method)
+        .bind(&call.path)
+        .bind(micros(reserve))
+        .bind(claim.map(|c| c.key.as_str()))
+        .bind(claim.map(|c| c.fingerprint.as_str()))
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
+            .bind(&call.key_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(OpenedCall::Opened {
+            call_id,
+            reserved: reserve,
+        })
+    }
+
+    async fn settle_call(
+        &self,
+        call_id: i64,
+        cost: Usd,
+        upstream_status: Option<u16>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "SELECT key_id, day, reserved_micros FROM calls WHERE id = ? AND settled_micros IS NULL",
+        )
+        .bind(call_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // Already settled (or never opened): settling is idempotent.
+            return Ok(());
+        };
+        let key_id: String = row.try_get(0)?;
+        let day: String = row.try_get(1)?;
+        let reserved: i64 = row.try_get(2)?;
+        sqlx::query("UPDATE calls SET settled_micros = ?, upstream_status = ? WHERE id = ?")
+            .bind(micros(cost))
+            .bind(upstream_status.map(i64::from))
+            .bind(call_id)
+            .execute(&mut *tx)
+            .await?;
+        if reserved != 0 || !cost.is_zero() {
+            sqlx::query("INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(&key_id)
+                .bind(&day)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE spend SET reserved_micros = reserved_micros - ?, \
+                 spent_micros = spent_micros + ? WHERE key_id = ? AND day = ?",
+            )
+            .bind(reserved)
+            .bind(micros(cost))
+            .bind(&key_id)
+            .bind(&day)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_free_call(
+        &self,
+        key_id: &str,
+        at: OffsetDateTime,
+        method: &str,
+        path: &str,
+        upstream_status: Option<u16>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO calls (key_id, day, at_ms, method, path, upstream_status, settled_micros) \
+             VALUES (?, ?, ?, ?, ?, ?, 0)",
+        )
+        .bind(key_id)
+        .bind(utc_day(at).to_string())
+        .bind(to_ms(at))
+        .bind(method)
+        .bind(path)
+        .bind(upstream_status.map(i64::from))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_denial(&self, denial: &DeniedCall) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO calls (key_id, day, at_ms, method, path, denied, settled_micros) \
+             VALUES (?, ?, ?, ?, ?, ?, 0)",
+        )
+        .bind(&denial.key_id)
+        .bind(utc_day(denial.at).to_string())
+        .bind(to_ms(denial.at))
+        .bind(&denial.method)
+        .bind(&denial.path)
+        .bind(denial.code.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_ms, method, path, upstream_status, reserved_micros, settled_micros, denied \
+             FROM calls WHERE key_id = ? ORDER BY id LIMIT ?",
+        )
+        .bind(key_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let denied: Option<String> = row.try_get("denied")?;
+                Ok(CallRecord {
+                    at: from_ms(row.try_get("at_ms")?),
+                    method: row.try_get("method")?,
+                    path: row.try_get("path")?,
+                    upstream_status: row
+                        .try_get::<Option<i64>, _>("upstream_status")?
+                        .and_then(|s| u16::try_from(s).ok()),
+                    reserved: usd(row.try_get("reserved_micros")?),
+                    settled: row.try_get::<Option<i64>, _>("settled_micros")?.map(usd),
+                    denied: denied
+                        .map(|code| serde_json::from_value::<ErrorCode>(code.into()))
+                        .transpose()
+                        .map_err(decode_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn key_counts(&self, now: OffsetDateTime) -> Result<KeyCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(revoked_ms IS NULL AND expires_ms > ?1), 0), \
+               COALESCE(SUM(revoked_ms IS NOT NULL), 0), \
+               COALESCE(SUM(revoked_ms IS NULL AND expires_ms <= ?1), 0) \
+             FROM keys",
+        )
+        .bind(to_ms(now))
+        .fetch_one(&self.reader)
+        .await?;
+        let count = |i: usize| -> Result<u64, StoreError> {
+            Ok(u64::try_from(row.try_get::<i64, _>(i)?).unwrap_or(0))
+        };
+        Ok(KeyCounts {
+            active: count(0)?,
+            revoked: count(1)?,
+            expired: count(2)?,
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared by the server's wire tests: a real server on a loopback port, its sandbox, an admin
+//! client, and a raw HTTP/1.1 sender for requests no well-behaved client would send.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vault_key_server::meter::Meter;
+use vault_key_server::vendor::{rest_methods, Upstream, Vendor, VendorAuth};
+use vault_key_server::{Server, ServerConfig};
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut config = ServerConfig::sandbox(SecretString::from(ADMIN));
+    adjust(&mut config);
+    Server::start(config).await.expect("server starts")
+}
+
+/// A generic vendor at `base_url`, with a flat cost per call.
+pub fn generic_vendor(name: &str, base_url: &str, cost_micros: u64) -> Vendor {
+    Vendor {
+        name: name.to_owned(),
+        upstream: Upstream::Url(base_url.parse().unwrap()),
+        secret: SecretString::from(format!("{name}-real-secret")),
+        auth: VendorAuth::Bearer,
+        meter: Meter::Flat(vault_key_wire::Usd::from_micros(cost_micros)),
+        methods: rest_methods(),
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// `POST /v1/keys` with `body`; returns status and JSON.
+pub async fn create_key(server: &Server, body: Value) -> (u16, Value) {
+    let response = http()
+        .post(format!("{}/v1/keys", server.url()))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A Stripe key for payment intents with `cap` dollars and a 5-minute life.
+pub async fn stripe_key(server: &Server, label: &str, cap: f64) -> Value {
+    issue(
+        server,
+        json!({
+            "label": label,
+            "vendor": "stripe",
+            "daily_usd_cap": cap,
+            "allowed_endpoints": ["/v1/payment_intents", "/v1/payment_intents/*", "/v1/payment_intents/*/confirm", "/v1/customers"],
+            "expires_in": "5m",
+        }),
+    )
+    .await
+}
+
+/// Issues a key, asserting `201`.
+pub async fn issue(server: &Server, body: Value) -> Value {
+    let (status, key) = create_key(server, body).await;
+    assert_eq!(status, 201, "{key}");
+    key
+}
+
+pub fn token(key: &Value) -> &str {
+    key["token"].as_str().unwrap()
+}
+
+/// `GET /v1/keys/{id}`.
+pub async fn get_key(server: &Server, id: &str) -> Value {
+    admin_get(server, &format!("/v1/keys/{id}")).await.1
+}
+
+pub async fn admin_get(server: &Server, path: &str) -> (u16, Value) {
+    let response = http()
+        .get(format!("{}{path}", server.url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A form-encoded call through the proxy with a vault token.
+pub async fn charge(server: &Server, token: &str, amount_cents: u64) -> (u16, Value) {
+    let response = http()
+        .post(format!("{}/stripe/v1/payment_intents", server.url()))
+        .bearer_auth(token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("amount={amount_cents}&currency=usd"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A parsed raw HTTP response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Value,
+}
+
+/// Sends `request` as bytes on a fresh connection and reads the whole response.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    RawResponse {
+        status,
+        head: head.to_owned(),
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+/// A raw request with a method, target, extra header lines and body; closes the connection.
+pub fn raw_request(method: &str, target: &str, headers: &[&str], body: &str) -> Vec<u8> {
+    let mut text =
+        format!("{method} {target} HTTP/1.1\r\nhost: vault.test\r\nconnection: close\r\n");
+    for header in headers {
+        text.push_str(header);
+        text.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        text.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    text.into_bytes()
+}

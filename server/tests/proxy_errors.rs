@@ -1,0 +1,309 @@
+//! Every error code of the proxy's table, each produced by a request that should produce it, over
+//! real HTTP, against the real server and its sandbox vendor.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn call(
+    server: &vault_key_server::Server,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http().request(method, format!("{}{path}", server.url()));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn assert_code(result: &(u16, Value), status: u16, code: &str) {
+    assert_eq!(result.0, status, "{}", result.1);
+    assert_eq!(result.1["code"], code, "{}", result.1);
+    assert!(
+        result.1["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        result.1
+    );
+}
+
+#[tokio::test]
+async fn invalid_key_for_missing_malformed_and_unknown_tokens() {
+    let server = start().await;
+    let get = reqwest::Method::GET;
+    assert_code(
+        &call(&server, get.clone(), "/stripe/v1/customers", None, None).await,
+        401,
+        "invalid_key",
+    );
+    assert_code(
+        &call(
+            &server,
+            get.clone(),
+            "/stripe/v1/customers",
+            Some("sk_live_abc"),
+            None,
+        )
+        .await,
+        401,
+        "invalid_key",
+    );
+    // Well-formed (checksum and all) but never issued.
+    let other = start().await;
+    let foreign = stripe_key(&other, "elsewhere", 5.0).await;
+    assert_code(
+        &call(
+            &server,
+            get,
+            "/stripe/v1/customers",
+            Some(token(&foreign)),
+            None,
+        )
+        .await,
+        401,
+        "invalid_key",
+    );
+    assert_eq!(server.sandbox().unwrap().received_count(), 0);
+}
+
+#[tokio::test]
+async fn revoked_key_is_refused_on_the_very_next_call() {
+    let server = start().await;
+    let key = stripe_key(&server, "revoke-me", 50.0).await;
+    assert_eq!(charge(&server, token(&key), 100).await.0, 200);
+    let deleted = http()
+        .delete(format!(
+            "{}/v1/keys/{}",
+            server.url(),
+            key["id"].as_str().unwrap()
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let received = server.sandbox().unwrap().received_count();
+    let refused = charge(&server, token(&key), 100).await;
+    assert_code(&refused, 401, "key_revoked");
+    assert_eq!(server.sandbox().unwrap().received_count(), received);
+    assert_eq!(
+        get_key(&server, key["id"].as_str().unwrap()).await["status"],
+        "revoked"
+    );
+}
+
+#[tokio::test]
+async fn a_two_second_key_is_refused_once_expired() {
+    let server = start().await;
+    let key = issue(&server, json!({"label": "short", "vendor": "stripe", "daily_usd_cap": 5, "allowed_endpoints": ["/v1/customers"], "expires_in": "2s"})).await;
+    let (status, _) = call(
+        &server,
+        reqwest::Method::GET,
+        "/stripe/v1/customers",
+        Some(token(&key)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_code(
+        &call(
+            &server,
+            reqwest::Method::GET,
+            "/stripe/v1/customers",
+            Some(token(&key)),
+            None,
+        )
+        .await,
+        401,
+        "key_expired",
+    );
+    assert_eq!(
+        get_key(&server, key["id"].as_str().unwrap()).await["status"],
+        "expired"
+    );
+}
+
+#[tokio::test]
+async fn vendor_mismatch_for_another_or_unknown_vendor() {
+    let server = start_with(|c| {
+        c.vendors
+            .push(generic_vendor("acme", "http://127.0.0.1:9", 0))
+    })
+    .await;
+    let key = stripe_key(&server, "mismatch", 5.0).await;
+    assert_code(
+        &call(
+            &server,
+            reqwest::Method::GET,
+            "/acme/v1/things",
+            Some(token(&key)),
+            None,
+        )
+        .await,
+        403,
+        "vendor_mismatch",
+    );
+    assert_code(
+        &call(
+            &server,
+            reqwest::Method::GET,
+            "/openai/v1/models",
+            Some(token(&key)),
+            None,
+        )
+        .await,
+        403,
+        "vendor_mismatch",
+    );
+}
+
+#[tokio::test]
+async fn invalid_path_endpoint_and_method_refusals() {
+    let server = start().await;
+    let key = issue(
+        &server,
+        json!({
+            "label": "policy", "vendor": "stripe", "daily_usd_cap": 5,
+            "allowed_endpoints": ["/v1/customers", "/v1/payment_intents/*"],
+            "allowed_methods": ["GET"], "expires_in": "5m",
+        }),
+    )
+    .await;
+    let t = Some(token(&key));
+    let get = reqwest::Method::GET;
+    assert_code(
+        &call(&server, get.clone(), "/stripe/v1/customers%3B", t, None).await,
+        400,
+        "invalid_path",
+    );
+    assert_code(
+        &call(&server, get.clone(), "/stripe/v1/charges", t, None).await,
+        403,
+        "endpoint_not_allowed",
+    );
+    assert_code(
+        &call(
+            &server,
+            reqwest::Method::POST,
+            "/stripe/v1/customers",
+            t,
+            Some("email=a"),
+        )
+        .await,
+        403,
+        "method_not_allowed",
+    );
+    assert_code(
+        &call(
+            &server,
+            reqwest::Method::PUT,
+            "/stripe/v1/customers",
+            t,
+            None,
+        )
+        .await,
+        405,
+        "method_not_allowed",
+    );
+    assert_eq!(server.sandbox().unwrap().received_count(), 0);
+    // Every refusal is in the key's audit trail with its code.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, events) = admin_get(
+        &server,
+        &format!("/v1/keys/{}/events", key["id"].as_str().unwrap()),
+    )
+    .await;
+    let codes: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["denied"].as_str())
+        .collect();
+    for code in ["invalid_path", "endpoint_not_allowed", "method_not_allowed"] {
+        assert!(codes.contains(&code), "{code} missing from {events}");
+    }
+}
+
+#[tokio::test]
+async fn unmeterable_and_cap_exhausted() {
+    let server = start().await;
+    let key = stripe_key(&server, "money", 10.0).await;
+    let t = Some(token(&key));
+    let post = reqwest::Method::POST;
+    assert_code(
+        &call(
+            &server,
+            post.clone(),
+            "/stripe/v1/payment_intents",
+            t,
+            Some("amount=10.5&currency=usd"),
+        )
+        .await,
+        400,
+        "unmeterable_request",
+    );
+    assert_eq!(charge(&server, token(&key), 600).await.0, 200);
+    let refused = charge(&server, token(&key), 500).await;
+    assert_code(&refused, 429, "cap_exhausted");
+    assert_eq!(refused.1["cap_usd"], json!(10));
+    assert_eq!(refused.1["spent_usd"], json!(6));
+    assert_eq!(refused.1["requested_usd"], json!(5));
+    assert_eq!(server.sandbox().unwrap().received_count(), 1);
+}
+
+#[tokio::test]
+async fn upstream_unavailable_releases_and_upstream_timeout_keeps_the_reservation() {
+    // Port 9 (discard) is closed on loopback: the connection is refused.
+    let server = start_with(|c| {
+        c.vendors
+            .push(generic_vendor("down", "http://127.0.0.1:9", 1_000_000));
+        c.upstream_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let down = issue(&server, json!({"label": "down", "vendor": "down", "daily_usd_cap": 5, "allowed_endpoints": ["/v1/**"], "expires_in": "5m"})).await;
+    assert_code(
+        &call(
+            &server,
+            reqwest::Method::GET,
+            "/down/v1/ping",
+            Some(token(&down)),
+            None,
+        )
+        .await,
+        502,
+        "upstream_unavailable",
+    );
+    let view = get_key(&server, down["id"].as_str().unwrap()).await;
+    assert_eq!(view["reserved_usd"], json!(0), "{view}");
+    assert_eq!(view["spent_today_usd"], json!(0), "{view}");
+
+    let key = stripe_key(&server, "slow", 50.0).await;
+    let slow = http()
+        .post(format!("{}/stripe/v1/payment_intents", server.url()))
+        .bearer_auth(token(&key))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-sandbox-delay-ms", "3000")
+        .body("amount=700&currency=usd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 504);
+    let body: Value = slow.json().await.unwrap();
+    assert_eq!(body["code"], "upstream_timeout");
+    // The vendor may have acted: the $7 stays reserved rather than being forgotten.
+    let view = get_key(&server, key["id"].as_str().unwrap()).await;
+    assert_eq!(view["reserved_usd"], json!(7), "{view}");
+}

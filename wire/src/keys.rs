@@ -1,0 +1,169 @@
+//! Bodies of the `/v1/keys` routes.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{ErrorCode, Usd};
+
+/// `POST /v1/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateKeyRequest {
+    /// Free text naming the user, run or task; bulk revocation matches its prefix.
+    pub label: String,
+    /// A vendor the server knows (`stripe`, `openai`, `anthropic`, or one from its config).
+    pub vendor: String,
+    /// Positive daily cap in US dollars.
+    pub daily_usd_cap: Usd,
+    /// Non-empty list of endpoint patterns.
+    pub allowed_endpoints: Vec<String>,
+    /// A duration such as `"5m"`.
+    pub expires_in: String,
+    /// When set, the only methods the key may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_methods: Option<Vec<String>>,
+}
+
+/// `201` answer to `POST /v1/keys`: the only time the token is ever shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedKey {
+    /// Public id (`key_…`), safe to log.
+    pub id: String,
+    /// The secret `vk_…` token.
+    pub token: String,
+    /// As requested.
+    pub label: String,
+    /// As requested.
+    pub vendor: String,
+    /// As requested.
+    pub daily_usd_cap: Usd,
+    /// As requested.
+    pub allowed_endpoints: Vec<String>,
+    /// As requested.
+    pub allowed_methods: Option<Vec<String>>,
+    /// When the key stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When the key was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedKey")
+            .field("id", &self.id)
+            .field("token", &"[redacted]")
+            .field("label", &self.label)
+            .field("vendor", &self.vendor)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a key can still be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Revoked by `DELETE` or bulk revocation.
+    Revoked,
+    /// Past `expires_at`.
+    Expired,
+}
+
+impl KeyStatus {
+    /// The status as spelled on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Expired => "expired",
+        }
+    }
+}
+
+/// `GET /v1/keys/{id}`: a key without its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// Public id.
+    pub id: String,
+    /// As issued.
+    pub label: String,
+    /// As issued.
+    pub vendor: String,
+    /// As issued.
+    pub daily_usd_cap: Usd,
+    /// As issued.
+    pub allowed_endpoints: Vec<String>,
+    /// As issued.
+    pub allowed_methods: Option<Vec<String>>,
+    /// When the key stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When the key was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Active, revoked or expired, as of the answer.
+    pub status: KeyStatus,
+    /// Settled spend in the current UTC day.
+    pub spent_today_usd: Usd,
+    /// Reserved by calls in flight (or whose outcome is unknown) in the current UTC day.
+    pub reserved_usd: Usd,
+    /// Proxied calls that reached the vendor, all time.
+    pub requests: u64,
+}
+
+/// `GET /v1/keys?label_prefix=&status=&limit=&cursor=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPage {
+    /// Keys in issue order.
+    pub keys: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/keys/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeByLabelPrefix {
+    /// Every active key whose label starts with this is revoked. Must be non-empty.
+    pub label_prefix: String,
+}
+
+/// Answer to `POST /v1/keys/revoke`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCount {
+    /// How many keys this call revoked.
+    pub revoked: u64,
+}
+
+/// One entry of a key's audit trail: a proxied call, or a call the proxy refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When the call arrived.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// HTTP method.
+    pub method: String,
+    /// Upstream path as received (no query string).
+    pub path: String,
+    /// The vendor's status, when the call reached it.
+    pub upstream_status: Option<u16>,
+    /// The most the call could have cost.
+    pub reserved_usd: Usd,
+    /// What it did cost; absent while unknown.
+    pub settled_usd: Option<Usd>,
+    /// Why the proxy refused it, if it did.
+    pub denied: Option<ErrorCode>,
+}
+
+/// `GET /v1/keys/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    /// Oldest first.
+    pub events: Vec<Event>,
+}

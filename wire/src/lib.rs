@@ -1,0 +1,34 @@
+//! Wire types shared by the parts of vault-key.
+//!
+//! The server, the runtime and the `#[vault_key]` attribute all speak the same contract (see
+//! `DESIGN.md`, "Wire contract"). The pieces of that contract that must never drift between them
+//! live here, once: the error codes, money as integer micro-dollars, the duration grammar, the
+//! canonical path rule and endpoint patterns, and the request/response bodies of `/v1/keys`.
+//!
+//! ```
+//! use vault_key_wire::{EndpointPattern, Usd, parse_duration};
+//!
+//! let pattern: EndpointPattern = "/v1/payment_intents/*".parse().unwrap();
+//! assert!(pattern.matches_path("/v1/payment_intents/pi_123"));
+//! assert!(!pattern.matches_path("/v1/payment_intents/pi_123/confirm"));
+//!
+//! assert_eq!("12.5".parse::<Usd>().unwrap().micros(), 12_500_000);
+//! assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+//! ```
+
+mod duration;
+mod error;
+mod keys;
+mod money;
+pub mod path;
+mod pattern;
+
+pub use duration::{format_duration, parse_duration, DurationError};
+pub use error::{ErrorBody, ErrorCode};
+pub use keys::{
+    CreateKeyRequest, Event, EventPage, IssuedKey, KeyPage, KeyStatus, KeyView,
+    RevokeByLabelPrefix, RevokedCount,
+};
+pub use money::{Usd, UsdError};
+pub use path::PathError;
+pub use pattern::{EndpointPattern, PatternError};

@@ -1,0 +1,226 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::path::{check_segment, PathError};
+
+/// One entry of a key's `allowed_endpoints`: a path pattern matched segment by segment.
+///
+/// `*` matches exactly one non-empty segment; `**` as the last segment matches one or more
+/// segments; every other segment matches literally and case-sensitively. The query string never
+/// takes part in matching. Literal segments obey the same canonical rule as request paths, so a
+/// pattern can only ever match paths the proxy would forward.
+///
+/// ```
+/// use vault_key_wire::EndpointPattern;
+///
+/// let any_below: EndpointPattern = "/v1/files/**".parse().unwrap();
+/// assert!(any_below.matches_path("/v1/files/file-1/content"));
+/// assert!(!any_below.matches_path("/v1/files"));
+/// assert!("/v1/files/*x".parse::<EndpointPattern>().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EndpointPattern {
+    text: String,
+    segments: Vec<PatternSegment>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PatternSegment {
+    Literal(String),
+    AnyOne,
+    AnyRest,
+}
+
+/// Why an endpoint pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// Empty text.
+    #[error("an endpoint pattern cannot be empty")]
+    Empty,
+    /// Does not start with `/`.
+    #[error("endpoint pattern `{0}` must start with `/`, as in \"/v1/charges\"")]
+    NoLeadingSlash(String),
+    /// `*` inside a segment with other characters.
+    #[error(
+        "in endpoint pattern `{0}`, `*` and `**` must be a whole segment, as in \"/v1/charges/*\""
+    )]
+    PartialWildcard(String),
+    /// `**` before the last segment.
+    #[error("in endpoint pattern `{0}`, `**` may only be the last segment")]
+    RestNotLast(String),
+    /// A segment that breaks the canonical path rule (`..`, `//`, escapes, …).
+    #[error("endpoint pattern `{pattern}` is not a canonical path: {reason}")]
+    NotCanonical {
+        /// The pattern as written.
+        pattern: String,
+        /// What is wrong with it.
+        reason: PathError,
+    },
+}
+
+impl FromStr for EndpointPattern {
+    type Err = PatternError;
+
+    fn from_str(text: &str) -> Result<Self, PatternError> {
+        if text.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        let rest = text
+            .strip_prefix('/')
+            .ok_or_else(|| PatternError::NoLeadingSlash(text.to_owned()))?;
+        let raw_segments: Vec<&str> = rest.split('/').collect();
+        let last = raw_segments.len() - 1;
+        let mut segments = Vec::with_capacity(raw_segments.len());
+        for (index, raw) in raw_segments.into_iter().enumerate() {
+            let segment = match raw {
+                "*" => PatternSegment::AnyOne,
+                "**" if index == last => PatternSegment::AnyRest,
+                "**" => return Err(PatternError::RestNotLast(text.to_owned())),
+                _ if raw.contains('*') => {
+                    return Err(PatternError::PartialWildcard(text.to_owned()))
+                }
+                _ => {
+                    check_segment(raw).map_err(|reason| PatternError::NotCanonical {
+                        pattern: text.to_owned(),
+                        reason,
+                    })?;
+                    PatternSegment::Literal(raw.to_owned())
+                }
+            };
+            segments.push(segment);
+        }
+        Ok(EndpointPattern {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+}
+
+impl EndpointPattern {
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether a canonical path (see [`crate::path::check_path`]) matches. The caller checks the
+    /// path first; a path with a query string never matches.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut path_segments = rest.split('/');
+        for segment in &self.segments {
+            match segment {
+                PatternSegment::AnyRest => {
+                    return path_segments.all(|s| !s.is_empty())
+                        && rest.split('/').count() >= self.segments.len();
+                }
+                PatternSegment::AnyOne => match path_segments.next() {
+                    Some(s) if !s.is_empty() => {}
+                    _ => return false,
+                },
+                PatternSegment::Literal(literal) => {
+                    if path_segments.next() != Some(literal.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        path_segments.next().is_none()
+    }
+}
+
+impl fmt::Display for EndpointPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for EndpointPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EndpointPattern({:?})", self.text)
+    }
+}
+
+impl Serialize for EndpointPattern {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for EndpointPattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(text: &str) -> EndpointPattern {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn literal_matches_exactly_on_segment_boundaries() {
+        let p = pattern("/v1/charges");
+        assert!(p.matches_path("/v1/charges"));
+        assert!(!p.matches_path("/v1/charges/ch_1"));
+        assert!(!p.matches_path("/v1/chargesx"));
+        assert!(!p.matches_path("/v1/Charges"));
+        assert!(!p.matches_path("/v1"));
+    }
+
+    #[test]
+    fn star_matches_one_non_empty_segment() {
+        let p = pattern("/v1/payment_intents/*");
+        assert!(p.matches_path("/v1/payment_intents/pi_1"));
+        assert!(!p.matches_path("/v1/payment_intents"));
+        assert!(!p.matches_path("/v1/payment_intents/"));
+        assert!(!p.matches_path("/v1/payment_intents/pi_1/confirm"));
+        let middle = pattern("/v1/payment_intents/*/confirm");
+        assert!(middle.matches_path("/v1/payment_intents/pi_1/confirm"));
+        assert!(!middle.matches_path("/v1/payment_intents/pi_1/cancel"));
+    }
+
+    #[test]
+    fn double_star_matches_one_or_more_trailing_segments() {
+        let p = pattern("/v1/**");
+        assert!(p.matches_path("/v1/a"));
+        assert!(p.matches_path("/v1/a/b/c"));
+        assert!(!p.matches_path("/v1"));
+        assert!(!p.matches_path("/v2/a"));
+        assert!(!p.matches_path("/v1/a//b"));
+    }
+
+    #[test]
+    fn refuses_malformed_patterns() {
+        assert_eq!("".parse::<EndpointPattern>(), Err(PatternError::Empty));
+        assert!(matches!(
+            "v1/x".parse::<EndpointPattern>(),
+            Err(PatternError::NoLeadingSlash(_))
+        ));
+        assert!(matches!(
+            "/v1/x*".parse::<EndpointPattern>(),
+            Err(PatternError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            "/**/x".parse::<EndpointPattern>(),
+            Err(PatternError::RestNotLast(_))
+        ));
+        for bad in ["/v1/../x", "/v1//x", "/v1/x/", "/v1/%2F", "/v1/a;b"] {
+            assert!(
+                matches!(
+                    bad.parse::<EndpointPattern>(),
+                    Err(PatternError::NotCanonical { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}
