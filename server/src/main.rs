@@ -98,12 +98,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             let server = Server::start(server_config)
                 .await
                 .map_err(|e| e.to_string())?;
+            // On stdout, one line, for scripts and supervisors that start the server on port 0.
+            println!("vault-key-server listening on {}", server.url());
             server.run_until_signalled().await;
             Ok(())
         }
         Command::Sandbox { listen } => {
             let sandbox = Sandbox::start(listen).await.map_err(|e| e.to_string())?;
-            println!("sandbox vendors at http://{}/stripe", sandbox.addr());
+            println!(
+                "vault-key-server sandbox listening on http://{}",
+                sandbox.addr()
+            );
             let _ = tokio::signal::ctrl_c().await;
             Ok(())
         }

@@ -24,9 +24,7 @@ async fn call(
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body.to_owned());
     }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    send(request).await
 }
 
 fn assert_code(result: &(u16, Value), status: u16, code: &str) {
@@ -98,10 +96,7 @@ async fn revoked_key_is_refused_on_the_very_next_call() {
     let refused = charge(&server, token(&key), 100).await;
     assert_code(&refused, 401, "key_revoked");
     assert_eq!(server.sandbox().unwrap().received_count(), received);
-    assert_eq!(
-        get_key(&server, key["id"].as_str().unwrap()).await["status"],
-        "revoked"
-    );
+    assert_eq!(view(&server, &key).await["status"], "revoked");
 }
 
 #[tokio::test]
@@ -130,10 +125,7 @@ async fn a_two_second_key_is_refused_once_expired() {
         401,
         "key_expired",
     );
-    assert_eq!(
-        get_key(&server, key["id"].as_str().unwrap()).await["status"],
-        "expired"
-    );
+    assert_eq!(view(&server, &key).await["status"], "expired");
 }
 
 #[tokio::test]
@@ -286,9 +278,9 @@ async fn upstream_unavailable_releases_and_upstream_timeout_keeps_the_reservatio
         502,
         "upstream_unavailable",
     );
-    let view = get_key(&server, down["id"].as_str().unwrap()).await;
-    assert_eq!(view["reserved_usd"], json!(0), "{view}");
-    assert_eq!(view["spent_today_usd"], json!(0), "{view}");
+    let down_view = view(&server, &down).await;
+    assert_eq!(down_view["reserved_usd"], json!(0), "{down_view}");
+    assert_eq!(down_view["spent_today_usd"], json!(0), "{down_view}");
 
     let key = stripe_key(&server, "slow", 50.0).await;
     let slow = http()
@@ -304,6 +296,27 @@ async fn upstream_unavailable_releases_and_upstream_timeout_keeps_the_reservatio
     let body: Value = slow.json().await.unwrap();
     assert_eq!(body["code"], "upstream_timeout");
     // The vendor may have acted: the $7 stays reserved rather than being forgotten.
-    let view = get_key(&server, key["id"].as_str().unwrap()).await;
-    assert_eq!(view["reserved_usd"], json!(7), "{view}");
+    let key_view = view(&server, &key).await;
+    assert_eq!(key_view["reserved_usd"], json!(7), "{key_view}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_request_too_large() {
+    let server = start_with(|c| c.max_body_bytes = 1024).await;
+    let key = stripe_key(&server, "big", 5.0).await;
+    let body = format!("amount=100&currency=usd&description={}", "x".repeat(2048));
+    assert_code(
+        &call(
+            &server,
+            reqwest::Method::POST,
+            "/stripe/v1/payment_intents",
+            Some(token(&key)),
+            Some(&body),
+        )
+        .await,
+        413,
+        "request_too_large",
+    );
+    assert_eq!(server.sandbox().unwrap().received_count(), 0);
+    assert_eq!(view(&server, &key).await["reserved_usd"], json!(0));
 }

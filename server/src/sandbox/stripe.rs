@@ -202,6 +202,17 @@ impl StripeSandbox {
                 None,
             );
         };
+        if *object == "payment_intent" {
+            if let Some((unknown, _)) = form.iter().find(|(name, _)| !is_payment_intent_param(name))
+            {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("Received unknown parameter: {unknown}"),
+                    Some(unknown),
+                );
+            }
+        }
         let mut fields = Map::new();
         for (name, value) in form {
             fields.insert(name.clone(), json!(value));
@@ -366,6 +377,23 @@ impl StripeSandbox {
         }
         (StatusCode::OK, Value::Object(object.clone()))
     }
+}
+
+/// The parameters the sandbox accepts on a payment intent; Stripe refuses unknown ones with a 400
+/// that it does not save under the idempotency key.
+fn is_payment_intent_param(name: &str) -> bool {
+    const PLAIN: &[&str] = &[
+        "amount",
+        "currency",
+        "confirm",
+        "payment_method",
+        "description",
+        "customer",
+        "capture_method",
+        "receipt_email",
+    ];
+    const NESTED: &[&str] = &["metadata[", "automatic_payment_methods[", "amount_details["];
+    PLAIN.contains(&name) || NESTED.iter().any(|prefix| name.starts_with(prefix))
 }
 
 fn confirm_payment(

@@ -41,17 +41,32 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-/// `POST /v1/keys` with `body`; returns status and JSON.
-pub async fn create_key(server: &Server, body: Value) -> (u16, Value) {
-    let response = http()
-        .post(format!("{}/v1/keys", server.url()))
-        .bearer_auth(ADMIN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+/// Sends a request and returns its status and JSON body (`Null` when the body is not JSON).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// An admin request to the server at `url`, with an optional JSON body.
+pub async fn admin(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http()
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(ADMIN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    send(request).await
+}
+
+/// `POST /v1/keys` with `body`; returns status and JSON.
+pub async fn create_key(server: &Server, body: Value) -> (u16, Value) {
+    admin(&server.url(), reqwest::Method::POST, "/v1/keys", Some(body)).await
 }
 
 /// A Stripe key for payment intents with `cap` dollars and a 5-minute life.
@@ -86,28 +101,38 @@ pub async fn get_key(server: &Server, id: &str) -> Value {
 }
 
 pub async fn admin_get(server: &Server, path: &str) -> (u16, Value) {
-    let response = http()
-        .get(format!("{}{path}", server.url()))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    admin(&server.url(), reqwest::Method::GET, path, None).await
 }
 
-/// A form-encoded call through the proxy with a vault token.
-pub async fn charge(server: &Server, token: &str, amount_cents: u64) -> (u16, Value) {
-    let response = http()
-        .post(format!("{}/stripe/v1/payment_intents", server.url()))
+/// A form-encoded Stripe call through the proxy at `url` with a vault token and extra headers.
+pub async fn stripe_form(
+    url: &str,
+    token: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = http()
+        .post(format!("{url}/stripe{path}"))
         .bearer_auth(token)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("amount={amount_cents}&currency=usd"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(request).await
+}
+
+/// A charge of `amount_cents` US cents through the proxy.
+pub async fn charge(server: &Server, token: &str, amount_cents: u64) -> (u16, Value) {
+    stripe_form(
+        &server.url(),
+        token,
+        "/v1/payment_intents",
+        &format!("amount={amount_cents}&currency=usd"),
+        &[],
+    )
+    .await
 }
 
 /// A parsed raw HTTP response.
@@ -156,4 +181,46 @@ pub fn raw_request(method: &str, target: &str, headers: &[&str], body: &str) -> 
     text.push_str("\r\n");
     text.push_str(body);
     text.into_bytes()
+}
+
+/// A `vault-key-server` process and the URL it printed.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+/// Starts the real binary with `args` and waits for its "listening on" line.
+pub async fn spawn_binary(
+    args: &[&str],
+    stderr: std::process::Stdio,
+    env: &[(&str, &str)],
+) -> Process {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_vault-key-server"));
+    command
+        .args(args)
+        .env("VAULT_KEY_ADMIN_TOKEN", ADMIN)
+        .env_remove("STRIPE_SECRET_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("the server binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server announces itself in time")
+        .unwrap()
+        .expect("a line on stdout");
+    let url = line.rsplit(' ').next().unwrap().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    Process { child, url }
+}
+
+/// `GET /v1/keys/{id}` for an issued key.
+pub async fn view(server: &Server, key: &Value) -> Value {
+    get_key(server, key["id"].as_str().unwrap()).await
 }

@@ -1,0 +1,660 @@
+//! The hostile-input suite: requests built byte by byte (no client library to tidy them up), each
+//! refused with its status and `code`, and none of them ever reaching the vendor.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// What the request looks like: method, target, extra header lines, body.
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    target: String,
+    headers: Vec<String>,
+    body: &'static str,
+    status: u16,
+    code: &'static str,
+}
+
+const FORM: &str = "content-type: application/x-www-form-urlencoded";
+
+fn case(
+    name: &'static str,
+    method: &'static str,
+    target: &str,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        name,
+        method,
+        target: target.to_owned(),
+        headers: Vec::new(),
+        body: "",
+        status,
+        code,
+    }
+}
+
+fn with_headers(mut case: Case, headers: &[&str]) -> Case {
+    case.headers.extend(headers.iter().map(|h| (*h).to_owned()));
+    case
+}
+
+fn with_body(mut case: Case, body: &'static str) -> Case {
+    case.body = body;
+    case.headers.push(FORM.to_owned());
+    case
+}
+
+fn cases() -> Vec<Case> {
+    let charge = |name, body, status, code| {
+        with_body(
+            case(name, "POST", "/stripe/v1/payment_intents", status, code),
+            body,
+        )
+    };
+    let long_path = format!("/stripe/v1/customers/{}", "a".repeat(3000));
+    let long_target = format!("/stripe/v1/customers?q={}", "a".repeat(9000));
+    vec![
+        // Path tricks: reject, never normalise.
+        case(
+            "dot-dot segment",
+            "GET",
+            "/stripe/v1/../v1/customers",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "dot segment",
+            "GET",
+            "/stripe/v1/./customers",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded dot-dot, lower-case hex",
+            "GET",
+            "/stripe/v1/%2e%2e/charges",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded dot-dot, upper-case hex",
+            "GET",
+            "/stripe/v1/%2E%2E/charges",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "mixed dot and encoded dot",
+            "GET",
+            "/stripe/v1/.%2E/charges",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded slash",
+            "GET",
+            "/stripe/v1/customers%2F..%2Fcharges",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded backslash",
+            "GET",
+            "/stripe/v1/customers%5C..%5Ccharges",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "empty segment",
+            "GET",
+            "/stripe/v1//customers",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "trailing slash",
+            "GET",
+            "/stripe/v1/customers/",
+            400,
+            "invalid_path",
+        ),
+        case("no upstream path", "GET", "/stripe", 400, "invalid_path"),
+        case(
+            "matrix parameter",
+            "GET",
+            "/stripe/v1/customers;jsessionid=1",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded semicolon",
+            "GET",
+            "/stripe/v1/customers%3Bx",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded NUL",
+            "GET",
+            "/stripe/v1/customers%00",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "double encoding",
+            "GET",
+            "/stripe/v1/customers%252F..%252Fcharges",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "needless escape of a letter",
+            "GET",
+            "/stripe/v1/%63ustomers",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded space",
+            "GET",
+            "/stripe/v1/customers%20",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded newline",
+            "GET",
+            "/stripe/v1/customers%0A",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded non-ASCII",
+            "GET",
+            "/stripe/v1/customers%C3%A9",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "truncated escape",
+            "GET",
+            "/stripe/v1/customers%2",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded question mark",
+            "GET",
+            "/stripe/v1/customers%3F/x",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "encoded hash",
+            "GET",
+            "/stripe/v1/customers%23x",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "wildcard fed an encoded dot",
+            "GET",
+            "/stripe/v1/payment_intents/%2E",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "wildcard fed a dot-dot",
+            "GET",
+            "/stripe/v1/payment_intents/..",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "climb out of an allowed prefix",
+            "GET",
+            "/stripe/v1/payment_intents/pi_1/../../charges",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "absolute-form target",
+            "GET",
+            "http://api.stripe.com/stripe/v1/customers",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "absolute-form target to another host",
+            "GET",
+            "http://evil.example/stripe/v1/customers",
+            400,
+            "invalid_path",
+        ),
+        case(
+            "path over the size limit",
+            "GET",
+            &long_path,
+            414,
+            "invalid_path",
+        ),
+        case(
+            "target over the size limit",
+            "GET",
+            &long_target,
+            414,
+            "invalid_path",
+        ),
+        // Allowlist matching is exact.
+        case(
+            "other case",
+            "GET",
+            "/stripe/v1/Customers",
+            403,
+            "endpoint_not_allowed",
+        ),
+        case(
+            "longer segment",
+            "GET",
+            "/stripe/v1/customersx",
+            403,
+            "endpoint_not_allowed",
+        ),
+        case(
+            "allowed path only in the query",
+            "GET",
+            "/stripe/v1/charges?next=/v1/customers",
+            403,
+            "endpoint_not_allowed",
+        ),
+        case(
+            "deeper than the wildcard",
+            "GET",
+            "/stripe/v1/payment_intents/pi_1/capture",
+            403,
+            "endpoint_not_allowed",
+        ),
+        case(
+            "vendor in upper case",
+            "GET",
+            "/STRIPE/v1/customers",
+            403,
+            "vendor_mismatch",
+        ),
+        case(
+            "vendor with an encoded slash",
+            "GET",
+            "/stripe%2Fv1/customers",
+            403,
+            "vendor_mismatch",
+        ),
+        // Methods are matched exactly.
+        case(
+            "TRACE",
+            "TRACE",
+            "/stripe/v1/customers",
+            405,
+            "method_not_allowed",
+        ),
+        case(
+            "OPTIONS",
+            "OPTIONS",
+            "/stripe/v1/customers",
+            405,
+            "method_not_allowed",
+        ),
+        case(
+            "PATCH",
+            "PATCH",
+            "/stripe/v1/customers",
+            405,
+            "method_not_allowed",
+        ),
+        case(
+            "lower-case get",
+            "get",
+            "/stripe/v1/customers",
+            405,
+            "method_not_allowed",
+        ),
+        case(
+            "invented method",
+            "BREW",
+            "/stripe/v1/customers",
+            405,
+            "method_not_allowed",
+        ),
+        // Size limits on headers.
+        with_headers(
+            case(
+                "headers over the size limit",
+                "GET",
+                "/stripe/v1/customers",
+                431,
+                "headers_too_large",
+            ),
+            &[&format!("x-pad: {}", "a".repeat(40_000))],
+        ),
+        // Stripe body tricks.
+        charge(
+            "duplicated amount",
+            "amount=10&amount=100000&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "negative amount",
+            "amount=-100&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "signed amount",
+            "amount=%2B100&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "fractional amount",
+            "amount=10.50&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "exponent amount",
+            "amount=1e5&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "over-long amount",
+            "amount=1234567890123&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "amount with padding",
+            "amount=%20100&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "capitalised look-alike",
+            "Amount=100000&amount=1&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "bracketed look-alike",
+            "amount[]=100000&amount=1&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "NUL look-alike",
+            "amount%00=100000&amount=1&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge("missing amount", "currency=usd", 400, "unmeterable_request"),
+        charge("missing currency", "amount=100", 400, "unmeterable_request"),
+        charge(
+            "currency without a rate",
+            "amount=100&currency=gbp",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "duplicated currency",
+            "amount=100&currency=usd&currency=jpy",
+            400,
+            "unmeterable_request",
+        ),
+        with_headers(
+            case(
+                "JSON body",
+                "POST",
+                "/stripe/v1/payment_intents",
+                400,
+                "unmeterable_request",
+            ),
+            &["content-type: application/json"],
+        ),
+        with_body(
+            case(
+                "amount in the query string",
+                "POST",
+                "/stripe/v1/payment_intents?amount=100000",
+                400,
+                "unmeterable_request",
+            ),
+            "amount=1&currency=usd",
+        ),
+        with_headers(
+            with_body(
+                case(
+                    "two content types",
+                    "POST",
+                    "/stripe/v1/payment_intents",
+                    400,
+                    "unmeterable_request",
+                ),
+                "amount=1&currency=usd",
+            ),
+            &["content-type: application/json"],
+        ),
+        charge(
+            "over the cap in one call",
+            "amount=100000000&currency=usd",
+            429,
+            "cap_exhausted",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_requests_are_refused_and_never_reach_the_vendor() {
+    let server = start().await;
+    let key = issue(
+        &server,
+        json!({
+            "label": "hostile", "vendor": "stripe", "daily_usd_cap": 100, "expires_in": "5m",
+            "allowed_endpoints": ["/v1/customers", "/v1/payment_intents", "/v1/payment_intents/*"],
+        }),
+    )
+    .await;
+    let auth = format!("authorization: Bearer {}", token(&key));
+    let cases = cases();
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut headers: Vec<&str> = vec![&auth];
+        headers.extend(case.headers.iter().map(String::as_str));
+        let response = raw(
+            server.addr(),
+            &raw_request(case.method, &case.target, &headers, case.body),
+        )
+        .await;
+        if response.status != case.status || response.body["code"] != case.code {
+            failures.push(format!(
+                "{}: expected {} {}, got {} {}",
+                case.name, case.status, case.code, response.status, response.body
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        server.sandbox().unwrap().received_count(),
+        0,
+        "{:?}",
+        server.sandbox().unwrap().received()
+    );
+}
+
+#[tokio::test]
+async fn token_tricks_are_refused_and_never_reach_the_vendor() {
+    let server = start().await;
+    let key = stripe_key(&server, "tokens", 100.0).await;
+    let good = token(&key).to_owned();
+    let mut bad_checksum = good.clone().into_bytes();
+    let last = bad_checksum.len() - 1;
+    bad_checksum[last] = if bad_checksum[last] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let bad_checksum = String::from_utf8(bad_checksum).unwrap();
+    let cases: Vec<(&str, Vec<String>, &str, u16, &str)> = vec![
+        (
+            "two Authorization headers",
+            vec![
+                format!("authorization: Bearer {good}"),
+                format!("authorization: Bearer {good}"),
+            ],
+            "/stripe/v1/customers",
+            400,
+            "invalid_request",
+        ),
+        (
+            "Basic scheme",
+            vec![format!("authorization: Basic {good}")],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+        (
+            "double space after Bearer",
+            vec![format!("authorization: Bearer  {good}")],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+        (
+            "token only in the query",
+            vec![],
+            &*Box::leak(format!("/stripe/v1/customers?api_key={good}").into_boxed_str()),
+            401,
+            "invalid_key",
+        ),
+        (
+            "token in x-api-key for Stripe",
+            vec![format!("x-api-key: {good}")],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+        (
+            "bad checksum",
+            vec![format!("authorization: Bearer {bad_checksum}")],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+        (
+            "lower-cased token",
+            vec![format!("authorization: Bearer {}", good.to_lowercase())],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+        (
+            "truncated token",
+            vec![format!("authorization: Bearer {}", &good[..good.len() - 1])],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+        (
+            "token with a suffix",
+            vec![format!("authorization: Bearer {good}x")],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+        (
+            "a Stripe secret instead",
+            vec!["authorization: Bearer sk_test_vaultkey_sandbox".to_owned()],
+            "/stripe/v1/customers",
+            401,
+            "invalid_key",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, headers, target, status, code) in &cases {
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let response = raw(server.addr(), &raw_request("GET", target, &headers, "")).await;
+        if response.status != *status || response.body["code"] != *code {
+            failures.push(format!(
+                "{name}: expected {status} {code}, got {} {}",
+                response.status, response.body
+            ));
+        }
+        let message = response.body["message"].as_str().unwrap_or("");
+        assert!(
+            !message.contains(&good[3..20]),
+            "{name}: the message echoes the token"
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(server.sandbox().unwrap().received_count(), 0);
+}
+
+#[tokio::test]
+async fn credentials_and_account_switching_headers_never_travel_upstream() {
+    let server = start().await;
+    let key = stripe_key(&server, "headers", 100.0).await;
+    let auth = format!("authorization: Bearer {}", token(&key));
+    let target = format!("/stripe/v1/customers?limit=3&api_key={}", token(&key));
+    let request = raw_request(
+        "GET",
+        &target,
+        &[
+            &auth,
+            "stripe-account: acct_someone_else",
+            "stripe-context: ctx_1",
+            "proxy-authorization: Basic eA==",
+            "x-forwarded-for: 10.0.0.1",
+            "forwarded: for=10.0.0.1",
+            "x-http-method-override: DELETE",
+            "connection: close, x-hop",
+            "x-hop: 1",
+            "x-api-key: something",
+            "x-kept: yes",
+        ],
+        "",
+    );
+    let response = raw(server.addr(), &request).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let received = server.sandbox().unwrap().received();
+    assert_eq!(received.len(), 1);
+    let upstream = &received[0];
+    assert_eq!(upstream.method, "GET");
+    assert_eq!(upstream.path, "/stripe/v1/customers");
+    assert_eq!(upstream.query.as_deref(), Some("limit=3"));
+    let names: Vec<&str> = upstream.headers.iter().map(|(n, _)| n.as_str()).collect();
+    for gone in [
+        "stripe-account",
+        "stripe-context",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "forwarded",
+        "x-http-method-override",
+        "x-hop",
+        "x-api-key",
+    ] {
+        assert!(!names.contains(&gone), "{gone} was forwarded: {names:?}");
+    }
+    assert!(names.contains(&"x-kept"));
+    let authorization: Vec<&str> = upstream
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "authorization")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(authorization, ["Bearer sk_test_vaultkey_sandbox"]);
+    assert!(upstream.headers.iter().all(|(_, v)| !v.contains("vk_")));
+}
