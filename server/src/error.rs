@@ -3,7 +3,7 @@
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::StatusCode;
-use vault_key_wire::{ErrorBody, ErrorCode};
+use vault_key_wire::{ErrorBody, ErrorCode, ERROR_HEADER};
 
 use crate::store::StoreError;
 
@@ -56,6 +56,9 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(*self.body)).into_response()
+        let code = http::HeaderValue::from_static(self.body.code.as_str());
+        let mut response = (self.status, Json(*self.body)).into_response();
+        response.headers_mut().insert(ERROR_HEADER, code);
+        response
     }
 }

@@ -2,6 +2,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::Usd;
 
+/// Response header set on every error the vault-key server itself answers (its value is the
+/// `code`), so a client can tell a proxy refusal from the vendor's own error answers, which pass
+/// through the proxy unchanged.
+pub const ERROR_HEADER: &str = "vault-key-error";
+
 /// The stable machine-readable `code` of every error vault-key returns. The code is the API: its
 /// spelling never changes; messages may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

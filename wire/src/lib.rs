@@ -24,7 +24,7 @@ pub mod path;
 mod pattern;
 
 pub use duration::{format_duration, parse_duration, DurationError};
-pub use error::{ErrorBody, ErrorCode};
+pub use error::{ErrorBody, ErrorCode, ERROR_HEADER};
 pub use keys::{
     CreateKeyRequest, Event, EventPage, IssuedKey, KeyPage, KeyStatus, KeyView,
     RevokeByLabelPrefix, RevokedCount,

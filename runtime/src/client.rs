@@ -1,0 +1,329 @@
+//! The client: where the vault-key server is, and how to ask it for keys.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+use vault_key_wire::{ErrorBody, IssuedKey};
+
+use crate::key::VaultKey;
+use crate::revoke;
+use crate::{Error, KeySpec};
+
+/// A handle on one vault-key server: its admin API, its proxy, and an HTTP client. Cheap to clone.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), vault_key::Error> {
+/// use vault_key::{Client, KeySpec};
+///
+/// let client = Client::from_env()?; // VAULT_KEY_URL, VAULT_KEY_ADMIN_TOKEN
+/// vault_key::init(client.clone());  // the default the attribute uses
+/// let key = client.issue(&KeySpec::new("stripe").cap_usd(5).endpoints(["/v1/customers"])).await?;
+/// let customers = key.get("/v1/customers").send().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    api_url: Url,
+    proxy_url: Url,
+    admin_token: SecretString,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("api_url", &self.inner.api_url.as_str())
+            .field("proxy_url", &self.inner.proxy_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Client`].
+#[derive(Debug)]
+pub struct ClientBuilder {
+    api_url: String,
+    proxy_url: Option<String>,
+    admin_token: SecretString,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// Where the proxy is, when not on the same server as the admin API.
+    #[must_use]
+    pub fn proxy_url(mut self, url: impl Into<String>) -> ClientBuilder {
+        self.proxy_url = Some(url.into());
+        self
+    }
+
+    /// Time limit of issuing a key and of each proxied call (default 60 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Time limit for connecting (default 5 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<Client, Error> {
+        let api_url = base_url(&self.api_url)?;
+        let proxy_url = match &self.proxy_url {
+            Some(url) => base_url(url)?,
+            None => api_url.clone(),
+        };
+        if self.admin_token.expose_secret().is_empty() {
+            return Err(Error::NotConfigured("the admin token is empty".to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(|e| Error::NotConfigured(format!("cannot build the HTTP client: {e}")))?;
+        revoke::ensure_started();
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                api_url,
+                proxy_url,
+                admin_token: self.admin_token,
+                http,
+            }),
+        })
+    }
+}
+
+fn base_url(text: &str) -> Result<Url, Error> {
+    let url = Url::parse(text)
+        .map_err(|e| Error::NotConfigured(format!("`{text}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.query().is_some()
+    {
+        return Err(Error::NotConfigured(format!(
+            "`{text}` is not an http(s) base URL"
+        )));
+    }
+    Ok(url)
+}
+
+/// `base` with `segments` appended as path segments (each escaped as needed).
+pub(crate) fn endpoint(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+impl Client {
+    /// A builder for the server at `url` (admin API and proxy), with its admin token.
+    pub fn builder(url: impl Into<String>, admin_token: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            api_url: url.into(),
+            proxy_url: None,
+            admin_token: SecretString::from(admin_token.into()),
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A client for the server at `url` with default timeouts.
+    pub fn new(url: impl Into<String>, admin_token: impl Into<String>) -> Result<Client, Error> {
+        Client::builder(url, admin_token).build()
+    }
+
+    /// A client from `VAULT_KEY_URL` (or `VAULT_KEY_API_URL` and `VAULT_KEY_PROXY_URL`) and
+    /// `VAULT_KEY_ADMIN_TOKEN`.
+    pub fn from_env() -> Result<Client, Error> {
+        Client::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub(crate) fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Client, Error> {
+        let token = env("VAULT_KEY_ADMIN_TOKEN")
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::NotConfigured("VAULT_KEY_ADMIN_TOKEN is not set".to_owned()))?;
+        let (api, proxy) = match (
+            env("VAULT_KEY_URL"),
+            env("VAULT_KEY_API_URL"),
+            env("VAULT_KEY_PROXY_URL"),
+        ) {
+            (_, Some(api), Some(proxy)) => (api, Some(proxy)),
+            (Some(url), None, None) => (url, None),
+            (Some(url), api, proxy) => (
+                api.unwrap_or_else(|| url.clone()),
+                Some(proxy.unwrap_or(url)),
+            ),
+            (None, _, _) => {
+                return Err(Error::NotConfigured(
+                    "set VAULT_KEY_URL (or VAULT_KEY_API_URL and VAULT_KEY_PROXY_URL)".to_owned(),
+                ))
+            }
+        };
+        let mut builder = Client::builder(api, token);
+        if let Some(proxy) = proxy {
+            builder = builder.proxy_url(proxy);
+        }
+        builder.build()
+    }
+
+    /// The admin API's base URL.
+    pub fn api_url(&self) -> &Url {
+        &self.inner.api_url
+    }
+
+    /// The proxy's base URL.
+    pub fn proxy_url(&self) -> &Url {
+        &self.inner.proxy_url
+    }
+
+    /// Issues a key. It is revoked when its last owner drops it, or by [`VaultKey::revoke`].
+    pub async fn issue(&self, spec: &KeySpec) -> Result<VaultKey, Error> {
+        spec.validate()?;
+        let response = self
+            .inner
+            .http
+            .post(endpoint(&self.inner.api_url, &["v1", "keys"]))
+            .bearer_auth(self.inner.admin_token.expose_secret())
+            .json(&spec.to_request())
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Unavailable(e.without_url().to_string()))?;
+        if status != 201 {
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(error) => Error::IssueRefused {
+                    status,
+                    code: error.code,
+                    message: error.message,
+                    field: error.field,
+                },
+                Err(_) => Error::Unavailable(format!(
+                    "POST /v1/keys answered HTTP {status} without an error body"
+                )),
+            });
+        }
+        let issued: IssuedKey = serde_json::from_slice(&body).map_err(|e| {
+            Error::Unavailable(format!("POST /v1/keys answered an unexpected body: {e}"))
+        })?;
+        Ok(VaultKey::new(self.clone(), issued))
+    }
+
+    /// Waits until every pending revocation (of every client in the process) has reached the
+    /// server: call it before the process exits.
+    pub async fn shutdown(&self) {
+        revoke::flush().await;
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    pub(crate) fn admin_token(&self) -> &SecretString {
+        &self.inner.admin_token
+    }
+}
+
+static DEFAULT: RwLock<Option<Client>> = RwLock::new(None);
+
+/// Sets the process default client, the one the `#[vault_key]` attribute uses unless told
+/// otherwise. Calling it again replaces the default.
+///
+/// ```
+/// let client = vault_key::Client::new("http://127.0.0.1:8787", "admin-token").unwrap();
+/// vault_key::init(client);
+/// assert_eq!(vault_key::default_client().unwrap().api_url().as_str(), "http://127.0.0.1:8787/");
+/// ```
+pub fn init(client: Client) {
+    *DEFAULT.write().unwrap_or_else(PoisonError::into_inner) = Some(client);
+}
+
+/// The process default client: the one given to [`init`], or else one built from the environment
+/// ([`Client::from_env`]) on first use.
+pub fn default_client() -> Result<Client, Error> {
+    if let Some(client) = DEFAULT
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    {
+        return Ok(client);
+    }
+    let client = Client::from_env()?;
+    let mut default = DEFAULT.write().unwrap_or_else(PoisonError::into_inner);
+    Ok(default.get_or_insert(client).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn from_env_reads_one_url_or_two() {
+        let one = Client::from_lookup(env(&[
+            ("VAULT_KEY_URL", "http://127.0.0.1:8787"),
+            ("VAULT_KEY_ADMIN_TOKEN", "t"),
+        ]))
+        .unwrap();
+        assert_eq!(one.api_url().as_str(), "http://127.0.0.1:8787/");
+        assert_eq!(one.proxy_url(), one.api_url());
+        let two = Client::from_lookup(env(&[
+            ("VAULT_KEY_API_URL", "http://admin:1"),
+            ("VAULT_KEY_PROXY_URL", "http://proxy:2"),
+            ("VAULT_KEY_ADMIN_TOKEN", "t"),
+        ]))
+        .unwrap();
+        assert_eq!(two.proxy_url().as_str(), "http://proxy:2/");
+    }
+
+    #[test]
+    fn from_env_says_what_is_missing() {
+        let no_token = Client::from_lookup(env(&[("VAULT_KEY_URL", "http://x")])).unwrap_err();
+        assert!(
+            no_token.to_string().contains("VAULT_KEY_ADMIN_TOKEN"),
+            "{no_token}"
+        );
+        let no_url = Client::from_lookup(env(&[("VAULT_KEY_ADMIN_TOKEN", "t")])).unwrap_err();
+        assert!(no_url.to_string().contains("VAULT_KEY_URL"), "{no_url}");
+        let bad_url = Client::from_lookup(env(&[
+            ("VAULT_KEY_URL", "ftp://x"),
+            ("VAULT_KEY_ADMIN_TOKEN", "t"),
+        ]))
+        .unwrap_err();
+        assert!(matches!(bad_url, Error::NotConfigured(_)));
+    }
+
+    #[test]
+    fn endpoint_appends_segments_to_a_base_with_a_path() {
+        let base = Url::parse("http://h/prefix/").unwrap();
+        assert_eq!(
+            endpoint(&base, &["v1", "keys", "key_1"]).as_str(),
+            "http://h/prefix/v1/keys/key_1"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_admin_token() {
+        let client = Client::new("http://127.0.0.1:1", "super-secret-admin").unwrap();
+        assert!(!format!("{client:?}").contains("super-secret-admin"));
+    }
+}

@@ -1,0 +1,222 @@
+//! The key guard: a vault key that revokes itself when its last owner lets go.
+
+use std::future::Future;
+
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::{Method, RequestBuilder, Response};
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+use url::Url;
+use vault_key_wire::{ErrorBody, IssuedKey, ERROR_HEADER};
+
+use crate::client::{endpoint, Client};
+use crate::revoke::{self, RevokeJob};
+use crate::Error;
+
+/// A vault key: scoped, short-lived, and revoked once its last owner drops it.
+///
+/// The key is not `Clone` (a cloned guard would revoke twice, or too early): share it as
+/// `Arc<VaultKey>`. Its token is a [`SecretString`]: zeroed on drop, never shown by `Debug`.
+///
+/// ```no_run
+/// # async fn run(client: vault_key::Client) -> Result<(), vault_key::Error> {
+/// use vault_key::{KeySpec, ResponseExt};
+///
+/// let key = client
+///     .issue(&KeySpec::new("stripe").cap_usd(500).endpoints(["/v1/payment_intents"]))
+///     .await?;
+/// let intent = key
+///     .post("/v1/payment_intents")
+///     .form(&[("amount", "1000"), ("currency", "usd")])
+///     .send()
+///     .await?
+///     .error_for_refusal() // 429 cap_exhausted → Err(Error::CapExhausted { .. })
+///     .await?;
+/// # let _ = intent;
+/// key.revoke().await?; // or just drop it: revoked in the background
+/// # Ok(()) }
+/// ```
+pub struct VaultKey {
+    id: String,
+    token: SecretString,
+    label: String,
+    vendor: String,
+    expires_at: OffsetDateTime,
+    client: Client,
+    /// Set once revocation has reached the server, so that the drop does nothing more.
+    revoked: bool,
+}
+
+impl std::fmt::Debug for VaultKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultKey")
+            .field("id", &self.id)
+            .field("label", &self.label)
+            .field("vendor", &self.vendor)
+            .field("expires_at", &self.expires_at)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl VaultKey {
+    pub(crate) fn new(client: Client, issued: IssuedKey) -> VaultKey {
+        VaultKey {
+            id: issued.id,
+            token: SecretString::from(issued.token),
+            label: issued.label,
+            vendor: issued.vendor,
+            expires_at: issued.expires_at,
+            client,
+            revoked: false,
+        }
+    }
+
+    /// The public id (`key_…`): safe to log.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The secret token (`vk_…`), for SDKs that take an API key. Expose it only to hand it on.
+    pub fn token(&self) -> &SecretString {
+        &self.token
+    }
+
+    /// The label it was issued with.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The vendor it was issued for.
+    pub fn vendor(&self) -> &str {
+        &self.vendor
+    }
+
+    /// When it stops working, revoked or not.
+    pub fn expires_at(&self) -> OffsetDateTime {
+        self.expires_at
+    }
+
+    /// The base URL to give a vendor SDK: `<proxy>/<vendor>`.
+    pub fn base_url(&self) -> Url {
+        endpoint(self.client.proxy_url(), &[&self.vendor])
+    }
+
+    /// The proxy URL of a vendor path (`/v1/payment_intents`, optionally with a query).
+    pub fn url(&self, path: &str) -> Url {
+        let mut url = self.base_url();
+        let (path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        let full = format!("{}{}", url.path().trim_end_matches('/'), path);
+        url.set_path(&full);
+        url.set_query(query);
+        url
+    }
+
+    /// A request through the proxy with this key's token where the vendor's SDK would put it.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let (header, value) = self.credential();
+        self.client
+            .http()
+            .request(method, self.url(path))
+            .header(header, value)
+    }
+
+    /// `GET` through the proxy.
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    /// `POST` through the proxy.
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    /// `PUT` through the proxy.
+    pub fn put(&self, path: &str) -> RequestBuilder {
+        self.request(Method::PUT, path)
+    }
+
+    /// `PATCH` through the proxy.
+    pub fn patch(&self, path: &str) -> RequestBuilder {
+        self.request(Method::PATCH, path)
+    }
+
+    /// `DELETE` through the proxy.
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.request(Method::DELETE, path)
+    }
+
+    fn credential(&self) -> (reqwest::header::HeaderName, HeaderValue) {
+        let (name, text) = match self.vendor.as_str() {
+            "anthropic" => (
+                reqwest::header::HeaderName::from_static("x-api-key"),
+                self.token.expose_secret().to_owned(),
+            ),
+            _ => (
+                AUTHORIZATION,
+                format!("Bearer {}", self.token.expose_secret()),
+            ),
+        };
+        // Tokens are base62, always a valid header value.
+        let mut value =
+            HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+        value.set_sensitive(true);
+        (name, value)
+    }
+
+    /// Revokes the key now and waits for the server to confirm. If that fails, the key is
+    /// still revoked in the background (retried), and the error says why the wait failed.
+    pub async fn revoke(mut self) -> Result<(), Error> {
+        let status = revoke::delete_key(
+            self.client.http(),
+            self.client.api_url(),
+            self.client.admin_token(),
+            &self.id,
+        )
+        .await?;
+        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+            self.revoked = true;
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "DELETE /v1/keys/{} answered HTTP {status}",
+                self.id
+            )))
+        }
+    }
+}
+
+impl Drop for VaultKey {
+    fn drop(&mut self) {
+        if self.revoked {
+            return;
+        }
+        // Never blocks, never needs a runtime: the revoker thread takes it from here.
+        revoke::enqueue(RevokeJob {
+            api_url: self.client.api_url().clone(),
+            admin_token: self.client.admin_token().clone(),
+            key_id: std::mem::take(&mut self.id),
+            expires_at: self.expires_at,
+        });
+    }
+}
+
+/// Turns the proxy's own refusals into [`Error`]s.
+pub trait ResponseExt: Sized {
+    /// `Err` when the vault-key proxy refused the call (cap exhausted, endpoint not allowed, …);
+    /// every answer from the vendor itself, success or error, passes through as `Ok`.
+    fn error_for_refusal(self) -> impl Future<Output = Result<Response, Error>> + Send;
+}
+
+impl ResponseExt for Response {
+    async fn error_for_refusal(self) -> Result<Response, Error> {
+        if !self.headers().contains_key(ERROR_HEADER) {
+            return Ok(self);
+        }
+        let status = self.status().as_u16();
+        let body: ErrorBody = self.json().await?;
+        Err(Error::from_refusal(status, body))
+    }
+}

@@ -1,0 +1,220 @@
+//! Guaranteed revocation.
+//!
+//! `Drop` cannot `.await`, may run on a thread with no Tokio runtime, or while the runtime that
+//! issued the key is shutting down. So a dropped key is handed, by a non-blocking channel send, to
+//! one process-wide revoker: a dedicated thread with its own small runtime and HTTP client, which
+//! neither the caller's runtime nor its shutdown can take down. It sends `DELETE /v1/keys/{id}`,
+//! retries failures with exponential backoff until the key would have expired anyway (the TTL is
+//! the last safety net), and counts what is pending so that [`flush`] can wait for it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch, Semaphore};
+use url::Url;
+
+/// Revocations sent at once: enough to drain a burst quickly, few enough not to flood the server.
+const CONCURRENCY: usize = 32;
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One key to revoke.
+#[derive(Debug)]
+pub(crate) struct RevokeJob {
+    pub(crate) api_url: Url,
+    pub(crate) admin_token: SecretString,
+    pub(crate) key_id: String,
+    pub(crate) expires_at: OffsetDateTime,
+}
+
+struct Revoker {
+    jobs: mpsc::UnboundedSender<RevokeJob>,
+    pending: watch::Sender<usize>,
+}
+
+static REVOKER: OnceLock<Option<Revoker>> = OnceLock::new();
+
+fn revoker() -> Option<&'static Revoker> {
+    REVOKER
+        .get_or_init(|| {
+            let (jobs, receiver) = mpsc::unbounded_channel();
+            let (pending, _) = watch::channel(0usize);
+            let counter = pending.clone();
+            let spawned = std::thread::Builder::new()
+                .name("vault-key-revoker".to_owned())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => runtime.block_on(run(receiver, counter)),
+                        Err(error) => tracing::error!(%error, "vault-key revoker could not start a runtime; keys will only expire"),
+                    }
+                });
+            match spawned {
+                Ok(_) => Some(Revoker { jobs, pending }),
+                Err(error) => {
+                    tracing::error!(%error, "vault-key revoker thread could not start; keys will only expire");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Starts the revoker if it is not running yet. Called on issue, so that a drop never has to.
+pub(crate) fn ensure_started() {
+    let _ = revoker();
+}
+
+/// Queues a revocation. Never blocks, never panics, needs no runtime.
+pub(crate) fn enqueue(job: RevokeJob) {
+    let Some(revoker) = revoker() else {
+        return;
+    };
+    revoker.pending.send_modify(|n| *n += 1);
+    if let Err(mpsc::error::SendError(job)) = revoker.jobs.send(job) {
+        revoker.pending.send_modify(|n| *n = n.saturating_sub(1));
+        tracing::error!(key_id = %job.key_id, "vault-key revoker is gone; the key will only expire");
+    }
+}
+
+/// Waits until every revocation queued so far (and any queued while waiting) has reached the
+/// server, or has been given up because its key expired or the server refused it for good.
+///
+/// Call it before the process exits, as `tracing`'s guards are flushed:
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() {
+///     // … serve agent tasks, each dropping its key when done …
+///     vault_key::flush().await;
+///     assert_eq!(vault_key::pending_revocations(), 0);
+/// }
+/// ```
+pub async fn flush() {
+    let Some(revoker) = revoker() else {
+        return;
+    };
+    let mut pending = revoker.pending.subscribe();
+    // The sender lives in a static, so the channel never closes.
+    let _ = pending.wait_for(|n| *n == 0).await;
+}
+
+/// How many revocations are queued or in flight.
+pub fn pending_revocations() -> usize {
+    revoker().map_or(0, |r| *r.pending.borrow())
+}
+
+async fn run(mut jobs: mpsc::UnboundedReceiver<RevokeJob>, pending: watch::Sender<usize>) {
+    let http = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(http) => http,
+        Err(error) => {
+            tracing::error!(%error, "vault-key revoker could not build its HTTP client; keys will only expire");
+            return;
+        }
+    };
+    let permits = std::sync::Arc::new(Semaphore::new(CONCURRENCY));
+    while let Some(job) = jobs.recv().await {
+        let http = http.clone();
+        let pending = pending.clone();
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            revoke_with_retries(&http, &job).await;
+            pending.send_modify(|n| *n = n.saturating_sub(1));
+        });
+    }
+}
+
+/// What one attempt told us.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    Done,
+    Retry(String),
+    GiveUp(String),
+}
+
+async fn revoke_with_retries(http: &reqwest::Client, job: &RevokeJob) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match revoke_once(http, job).await {
+            Attempt::Done => {
+                tracing::debug!(key_id = %job.key_id, "key revoked");
+                return;
+            }
+            Attempt::GiveUp(reason) => {
+                tracing::error!(key_id = %job.key_id, %reason, "revocation refused; the key will only expire");
+                return;
+            }
+            Attempt::Retry(reason) => {
+                if OffsetDateTime::now_utc() >= job.expires_at {
+                    tracing::warn!(key_id = %job.key_id, %reason, "revocation never got through before the key expired");
+                    return;
+                }
+                tracing::debug!(key_id = %job.key_id, %reason, ?backoff, "revocation failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn revoke_once(http: &reqwest::Client, job: &RevokeJob) -> Attempt {
+    match delete_key(http, &job.api_url, &job.admin_token, &job.key_id).await {
+        Ok(status) => classify(status),
+        Err(error) => Attempt::Retry(error.without_url().to_string()),
+    }
+}
+
+/// Sends `DELETE /v1/keys/{id}`; the status says how it went.
+pub(crate) async fn delete_key(
+    http: &reqwest::Client,
+    api_url: &Url,
+    admin_token: &SecretString,
+    key_id: &str,
+) -> Result<reqwest::StatusCode, reqwest::Error> {
+    let url = crate::client::endpoint(api_url, &["v1", "keys", key_id]);
+    let response = http
+        .delete(url)
+        .bearer_auth(admin_token.expose_secret())
+        .send()
+        .await?;
+    Ok(response.status())
+}
+
+/// 204 revoked, 404 gone already: done. 5xx, 408 and 429 may pass: retry. Other refusals (a wrong
+/// admin token) will not change by retrying.
+fn classify(status: reqwest::StatusCode) -> Attempt {
+    match status.as_u16() {
+        200..=299 | 404 => Attempt::Done,
+        408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {status}")),
+        _ => Attempt::GiveUp(format!("HTTP {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        assert_eq!(classify(reqwest::StatusCode::NO_CONTENT), Attempt::Done);
+        assert_eq!(classify(reqwest::StatusCode::NOT_FOUND), Attempt::Done);
+        assert!(matches!(
+            classify(reqwest::StatusCode::SERVICE_UNAVAILABLE),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(reqwest::StatusCode::TOO_MANY_REQUESTS),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(reqwest::StatusCode::UNAUTHORIZED),
+            Attempt::GiveUp(_)
+        ));
+    }
+}
