@@ -1,6 +1,7 @@
 //! The key guard: a vault key that revokes itself when its last owner lets go.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Method, RequestBuilder, Response};
@@ -44,7 +45,7 @@ pub struct VaultKey {
     expires_at: OffsetDateTime,
     client: Client,
     /// Set once revocation has reached the server, so that the drop does nothing more.
-    revoked: bool,
+    revoked: AtomicBool,
 }
 
 impl std::fmt::Debug for VaultKey {
@@ -68,7 +69,7 @@ impl VaultKey {
             vendor: issued.vendor,
             expires_at: issued.expires_at,
             client,
-            revoked: false,
+            revoked: AtomicBool::new(false),
         }
     }
 
@@ -168,16 +169,23 @@ impl VaultKey {
 
     /// Revokes the key now and waits for the server to confirm. If that fails, the key is
     /// still revoked in the background (retried), and the error says why the wait failed.
-    pub async fn revoke(mut self) -> Result<(), Error> {
+    pub async fn revoke(self) -> Result<(), Error> {
+        self.revoke_in_place().await
+    }
+
+    /// Revokes while other owners may still hold the key (`revoke = "await"` of the attribute):
+    /// their calls are refused from now on, and the final drop sends nothing more.
+    pub(crate) async fn revoke_in_place(&self) -> Result<(), Error> {
+        let client = &self.client;
         let status = revoke::delete_key(
-            self.client.http(),
-            self.client.api_url(),
-            self.client.admin_token(),
+            client.http(),
+            client.api_url(),
+            client.admin_token(),
             &self.id,
         )
         .await?;
         if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
-            self.revoked = true;
+            self.revoked.store(true, Ordering::Release);
             Ok(())
         } else {
             Err(Error::Unavailable(format!(
@@ -190,7 +198,7 @@ impl VaultKey {
 
 impl Drop for VaultKey {
     fn drop(&mut self) {
-        if self.revoked {
+        if self.revoked.load(Ordering::Acquire) {
             return;
         }
         // Never blocks, never needs a runtime: the revoker thread takes it from here.

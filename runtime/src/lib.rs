@@ -47,6 +47,9 @@ mod key;
 mod revoke;
 mod spec;
 
+#[doc(hidden)]
+pub mod __private;
+
 #[cfg(feature = "axum")]
 pub mod axum;
 
@@ -57,3 +60,68 @@ pub use key::{ResponseExt, VaultKey};
 pub use revoke::{flush, pending_revocations};
 pub use spec::KeySpec;
 pub use vault_key_wire::{ErrorCode, Usd};
+
+/// Gives a function its own vendor key: issued on entry, revoked however the function ends.
+///
+/// ```text
+/// #[vault_key(
+///     vendor = "stripe",               // required
+///     cap = 500,                       // required: daily cap in US dollars, integer or decimal
+///     endpoints = ["/v1/x", "/v1/x/*"],// required: non-empty list of endpoint patterns
+///     ttl = "5m",                      // default "5m" (s, m, h, d)
+///     methods = ["POST"],              // optional: the only methods the key may use
+///     label = "run-{run_id}",          // optional: format string over the parameters;
+///                                      //   default: module path and function name
+///     client = path::to::client_fn,    // optional: fn() -> Client (or Result<Client, Error>);
+///                                      //   default: the process default (`vault_key::init`)
+///     on_issue_error = "fail",         // "fail" (default) or "continue" (fail open)
+///     revoke = "background",           // or "await": revoked before the function returns
+/// )]
+/// ```
+///
+/// Works on `async fn`s: free functions, Axum handlers, methods (`&self`), generic functions. A
+/// parameter of type `&VaultKey`, `Arc<VaultKey>`, `Option<&VaultKey>` or `Option<Arc<VaultKey>>`
+/// receives the key and disappears from the signature (Axum sees only the extractors); without one,
+/// the key is reachable through [`current()`]. If issuing fails, the function returns early with
+/// the error through its `Result` (`E: From<vault_key::Error>`), or, with
+/// `on_issue_error = "continue"`, runs with `None`. The body must be `Send` (as Axum handlers and
+/// `tokio::spawn`ed tasks must be); the attribute checks it at the function.
+///
+/// ```no_run
+/// use axum::{routing::post, Json, Router};
+/// use serde_json::{json, Value};
+/// use vault_key::{vault_key, ResponseExt, VaultKey};
+///
+/// #[vault_key(vendor = "stripe", cap = 500, endpoints = ["/v1/payment_intents", "/v1/payment_intents/*"], ttl = "5m")]
+/// async fn charge(key: &VaultKey, Json(req): Json<Value>) -> Result<Json<Value>, vault_key::Error> {
+///     let amount = req["amount"].as_u64().unwrap_or(0).to_string();
+///     let intent = key
+///         .post("/v1/payment_intents")
+///         .form(&[("amount", amount.as_str()), ("currency", "usd")])
+///         .send()
+///         .await?
+///         .error_for_refusal()
+///         .await?;
+///     Ok(Json(intent.json().await?))
+/// } // however the body ends, the key is revoked
+///
+/// # fn app() -> Router {
+/// Router::new().route("/charge", post(charge))
+/// # }
+/// ```
+///
+/// Deep in the call stack, without a parameter:
+///
+/// ```no_run
+/// # use vault_key::vault_key;
+/// #[vault_key(vendor = "stripe", cap = 5, endpoints = ["/v1/customers"], label = "sync-{user}")]
+/// async fn sync_customers(user: &str) -> Result<u16, vault_key::Error> {
+///     list_customers().await
+/// }
+///
+/// async fn list_customers() -> Result<u16, vault_key::Error> {
+///     let key = vault_key::current().expect("inside #[vault_key]");
+///     Ok(key.get("/v1/customers").send().await?.status().as_u16())
+/// }
+/// ```
+pub use vault_key_macros::vault_key;

@@ -1,0 +1,8 @@
+use vault_key::{vault_key, VaultKey};
+
+#[vault_key(vendor = "stripe", cap = 5, endpoints = ["/v1/customers"], on_issue_error = "continue")]
+async fn f(key: &VaultKey) -> String {
+    key.id().to_owned()
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use vault_key::vault_key;
+
+#[vault_key(vendor = "stripe", cap = 5, endpoints = ["/v1/customers", "v1/charges"])]
+async fn f() -> Result<(), vault_key::Error> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Compile-time and behaviour tests of `#[vault_key]`; see `README.md`.
