@@ -33,6 +33,7 @@ struct ClientInner {
     proxy_url: Url,
     admin_token: SecretString,
     http: reqwest::Client,
+    pending: revoke::PendingCount,
 }
 
 impl std::fmt::Debug for Client {
@@ -98,6 +99,7 @@ impl ClientBuilder {
                 proxy_url,
                 admin_token: self.admin_token,
                 http,
+                pending: revoke::PendingCount::default(),
             }),
         })
     }
@@ -221,10 +223,20 @@ impl Client {
         Ok(VaultKey::new(self.clone(), issued))
     }
 
-    /// Waits until every pending revocation (of every client in the process) has reached the
-    /// server: call it before the process exits.
+    /// Waits until every key issued by this client (or its clones) and dropped so far has been
+    /// revoked on the server (or given up on: see [`crate::flush`]).
+    pub async fn flush(&self) {
+        self.inner.pending.wait_for_zero().await;
+    }
+
+    /// How many of this client's revocations are queued or in flight.
+    pub fn pending_revocations(&self) -> usize {
+        self.inner.pending.get()
+    }
+
+    /// Call before the process exits: waits for this client's pending revocations.
     pub async fn shutdown(&self) {
-        revoke::flush().await;
+        self.flush().await;
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {
@@ -233,6 +245,10 @@ impl Client {
 
     pub(crate) fn admin_token(&self) -> &SecretString {
         &self.inner.admin_token
+    }
+
+    pub(crate) fn pending(&self) -> &revoke::PendingCount {
+        &self.inner.pending
     }
 }
 

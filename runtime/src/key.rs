@@ -207,6 +207,7 @@ impl Drop for VaultKey {
             admin_token: self.client.admin_token().clone(),
             key_id: std::mem::take(&mut self.id),
             expires_at: self.expires_at,
+            client_pending: self.client.pending().clone(),
         });
     }
 }

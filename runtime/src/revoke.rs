@@ -20,6 +20,36 @@ const CONCURRENCY: usize = 32;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// A count of revocations not yet done, that can be awaited down to zero. One for the process,
+/// one per [`crate::Client`].
+#[derive(Debug, Clone)]
+pub(crate) struct PendingCount(watch::Sender<usize>);
+
+impl Default for PendingCount {
+    fn default() -> Self {
+        PendingCount(watch::channel(0).0)
+    }
+}
+
+impl PendingCount {
+    fn add(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    fn done(&self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    pub(crate) fn get(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    pub(crate) async fn wait_for_zero(&self) {
+        // The sender is alive (`self`), so the channel cannot close while waiting.
+        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
 /// One key to revoke.
 #[derive(Debug)]
 pub(crate) struct RevokeJob {
@@ -27,11 +57,13 @@ pub(crate) struct RevokeJob {
     pub(crate) admin_token: SecretString,
     pub(crate) key_id: String,
     pub(crate) expires_at: OffsetDateTime,
+    /// The issuing client's count, so that a client can wait for its own keys only.
+    pub(crate) client_pending: PendingCount,
 }
 
 struct Revoker {
     jobs: mpsc::UnboundedSender<RevokeJob>,
-    pending: watch::Sender<usize>,
+    pending: PendingCount,
 }
 
 static REVOKER: OnceLock<Option<Revoker>> = OnceLock::new();
@@ -40,7 +72,7 @@ fn revoker() -> Option<&'static Revoker> {
     REVOKER
         .get_or_init(|| {
             let (jobs, receiver) = mpsc::unbounded_channel();
-            let (pending, _) = watch::channel(0usize);
+            let pending = PendingCount::default();
             let counter = pending.clone();
             let spawned = std::thread::Builder::new()
                 .name("vault-key-revoker".to_owned())
@@ -71,15 +103,21 @@ pub(crate) fn enqueue(job: RevokeJob) {
     let Some(revoker) = revoker() else {
         return;
     };
-    revoker.pending.send_modify(|n| *n += 1);
+    revoker.pending.add();
+    job.client_pending.add();
     if let Err(mpsc::error::SendError(job)) = revoker.jobs.send(job) {
-        revoker.pending.send_modify(|n| *n = n.saturating_sub(1));
+        revoker.pending.done();
+        job.client_pending.done();
         tracing::error!(key_id = %job.key_id, "vault-key revoker is gone; the key will only expire");
     }
 }
 
 /// Waits until every revocation queued so far (and any queued while waiting) has reached the
 /// server, or has been given up because its key expired or the server refused it for good.
+///
+/// This covers every client in the process; [`crate::Client::flush`] waits for one client's keys.
+/// While a server stays unreachable its revocations are retried until the keys expire, so a
+/// shutdown that must not wait that long bounds the wait with `tokio::time::timeout`.
 ///
 /// Call it before the process exits, as `tracing`'s guards are flushed:
 ///
@@ -95,17 +133,15 @@ pub async fn flush() {
     let Some(revoker) = revoker() else {
         return;
     };
-    let mut pending = revoker.pending.subscribe();
-    // The sender lives in a static, so the channel never closes.
-    let _ = pending.wait_for(|n| *n == 0).await;
+    revoker.pending.wait_for_zero().await;
 }
 
 /// How many revocations are queued or in flight.
 pub fn pending_revocations() -> usize {
-    revoker().map_or(0, |r| *r.pending.borrow())
+    revoker().map_or(0, |r| r.pending.get())
 }
 
-async fn run(mut jobs: mpsc::UnboundedReceiver<RevokeJob>, pending: watch::Sender<usize>) {
+async fn run(mut jobs: mpsc::UnboundedReceiver<RevokeJob>, pending: PendingCount) {
     let http = match reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -125,7 +161,8 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<RevokeJob>, pending: watch::Sende
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             revoke_with_retries(&http, &job).await;
-            pending.send_modify(|n| *n = n.saturating_sub(1));
+            pending.done();
+            job.client_pending.done();
         });
     }
 }

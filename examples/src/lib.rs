@@ -1,0 +1,63 @@
+//! The patterns of vault-key, as a library so that the examples and the end-to-end tests run the
+//! very same code. Each module is one way a key travels:
+//!
+//! - [`tools`]: Axum tool routes with `#[vault_key]` (the attribute path);
+//! - [`layered`]: the same with the hand-written `VaultKeyLayer` and `Extension<Arc<VaultKey>>`;
+//! - [`worker`]: a spawned Tokio worker that owns an `Arc<VaultKey>`;
+//! - [`activity`]: an activity-style function that issues and revokes explicitly;
+//! - [`rollout`]: a gradual rollout that falls back to a shared key and counts the fallbacks;
+//! - [`agent_backend`]: a long-running backend configured from the environment.
+
+pub mod activity;
+pub mod agent_backend;
+pub mod layered;
+pub mod rollout;
+pub mod tools;
+pub mod worker;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use rand::distr::{Alphanumeric, SampleString};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use vault_key::Client;
+use vault_key_server::{Server, ServerConfig};
+
+/// A vault-key server running in this process.
+#[derive(Debug)]
+pub struct LocalServer {
+    /// The server (in-memory SQLite, sandbox vendors).
+    pub server: Server,
+    /// A client for it.
+    pub client: Client,
+    /// Its admin token (fresh and random), for reading the admin API directly.
+    pub admin_token: String,
+}
+
+/// Starts a vault-key server in this process, with a fresh random admin token.
+pub async fn start_sandbox_server() -> Result<LocalServer, Box<dyn std::error::Error>> {
+    let admin_token = Alphanumeric.sample_string(&mut rand::rng(), 32);
+    let server = Server::start(ServerConfig::sandbox(SecretString::from(
+        admin_token.clone(),
+    )))
+    .await?;
+    let client = Client::new(server.url(), admin_token.clone())?;
+    Ok(LocalServer {
+        server,
+        client,
+        admin_token,
+    })
+}
+
+/// Serves `app` on a free loopback port until the process ends; returns its address.
+pub async fn serve(app: Router) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "example server stopped");
+        }
+    });
+    Ok(addr)
+}
