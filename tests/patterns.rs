@@ -345,3 +345,50 @@ async fn the_agent_backend_serves_until_shutdown_and_leaves_no_key_behind() {
         9_900_000
     );
 }
+
+#[tokio::test]
+async fn grpc_calls_each_get_a_key_from_the_tower_layer() {
+    use vault_key_examples::grpc;
+    let local = start_sandbox_server().await.unwrap();
+    let addr = grpc::serve(local.client.clone(), 500).await.unwrap();
+    let reply = grpc::call_charge(addr, "g-1", 1_500).await.unwrap();
+    assert!(reply.intent_id.starts_with("pi_"), "{reply:?}");
+    let view = key_view(&local, &reply.key_id).await;
+    assert_eq!(view.label, "run:g-1");
+    assert_eq!(
+        view.allowed_methods.as_deref(),
+        Some(&["POST".to_owned()][..])
+    );
+    assert_eq!(view.spent_today_usd.micros(), 15_000_000);
+    local.client.flush().await;
+    assert_eq!(
+        status(&key_view(&local, &reply.key_id).await),
+        "revoked",
+        "revoked at the end of the call"
+    );
+
+    let before = vendor_calls(&local);
+    let over = grpc::call_charge(addr, "g-2", 60_000).await.unwrap_err();
+    assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
+    assert_eq!(
+        vendor_calls(&local),
+        before,
+        "the proxy refused before the vendor"
+    );
+    local.client.flush().await;
+    let second = &keys_labelled(&local, "run:g-2").await[0];
+    assert_eq!(status(second), "revoked");
+
+    // With the key service unreachable, the method answers UNAVAILABLE and nothing is charged.
+    let down = Client::builder("http://127.0.0.1:9", &local.admin_token)
+        .proxy_url(local.server.url())
+        .build()
+        .unwrap();
+    let addr = grpc::serve(down, 500).await.unwrap();
+    let unavailable = grpc::call_charge(addr, "g-3", 100).await.unwrap_err();
+    assert_eq!(
+        unavailable.code(),
+        tonic::Code::Unavailable,
+        "{unavailable:?}"
+    );
+}
