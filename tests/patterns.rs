@@ -36,6 +36,20 @@ async fn key_view(local: &LocalServer, id: &str) -> KeyView {
     admin_get(local, &format!("/v1/keys/{id}")).await
 }
 
+/// Asks the backend's charge tool, as agent run `run`, for these charges; returns the key it used.
+async fn charge_tool(backend: std::net::SocketAddr, run: &str, amounts_cents: &[u64]) -> String {
+    let report: Value = reqwest::Client::new()
+        .post(format!("http://{backend}/runs/{run}/charge"))
+        .json(&json!({ "amounts_cents": amounts_cents }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    report["key_id"].as_str().expect("a key id").to_owned()
+}
+
 fn vendor_calls(local: &LocalServer) -> usize {
     local.server.sandbox().expect("sandbox").received_count()
 }
@@ -59,16 +73,7 @@ async fn attribute_tools_issue_per_call_enforce_and_revoke() {
     let backend = serve(tools::router()).await.unwrap();
     let http = reqwest::Client::new();
 
-    let charged: Value = http
-        .post(format!("http://{backend}/runs/r1/charge"))
-        .json(&json!({"amounts_cents": [2500]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = charged["key_id"].as_str().unwrap().to_owned();
+    let id = charge_tool(backend, "r1", &[2500]).await;
     let view = key_view(&local, &id).await;
     assert_eq!(view.label, "r1/charge");
     assert_eq!(view.vendor, "stripe");
@@ -326,16 +331,7 @@ async fn the_agent_backend_serves_until_shutdown_and_leaves_no_key_behind() {
         },
     ));
     let addr = ready_rx.await.unwrap();
-    let charged: Value = reqwest::Client::new()
-        .post(format!("http://{addr}/runs/b1/charge"))
-        .json(&json!({"amounts_cents": [990]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = charged["key_id"].as_str().unwrap().to_owned();
+    let id = charge_tool(addr, "b1", &[990]).await;
     stop.send(()).unwrap();
     backend.await.unwrap().unwrap();
     // `run` flushed before returning: nothing left to wait for.
@@ -391,4 +387,5 @@ async fn grpc_calls_each_get_a_key_from_the_tower_layer() {
         tonic::Code::Unavailable,
         "{unavailable:?}"
     );
+    assert_eq!(vendor_calls(&local), before);
 }

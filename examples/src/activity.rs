@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use vault_key::{Client, Error, KeySpec, ResponseExt, VaultKey};
+use vault_key::{Client, Error, KeySpec, VaultKey};
 
 /// What the activity produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,19 +39,9 @@ pub async fn charge_order(
 }
 
 async fn create_intent(key: &VaultKey, order_id: &str, amount_cents: u64) -> Result<String, Error> {
-    let intent: serde_json::Value = key
-        .post("/v1/payment_intents")
-        // The order id as idempotency key: a retried activity cannot charge twice.
-        .header("idempotency-key", format!("order-{order_id}"))
-        .form(&[
-            ("amount", amount_cents.to_string()),
-            ("currency", "usd".to_owned()),
-        ])
-        .send()
-        .await?
-        .error_for_refusal()
-        .await?
-        .json()
-        .await?;
-    Ok(intent["id"].as_str().unwrap_or_default().to_owned())
+    // The order id as idempotency key: a retried activity cannot charge twice.
+    crate::create_payment_intent(key, amount_cents, |request| {
+        request.header("idempotency-key", format!("order-{order_id}"))
+    })
+    .await
 }

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 use vault_key::axum::VaultKeyLayer;
-use vault_key::{Client, Error, KeySpec, ResponseExt, VaultKey};
+use vault_key::{Client, Error, KeySpec, VaultKey};
 
 /// `agent.Tools/Charge` request.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -92,25 +92,12 @@ async fn charge(request: Request<ChargeRequest>) -> Result<Response<ChargeReply>
         .cloned()
         .ok_or_else(|| Status::unavailable("no vault key for this call"))?;
     let amount = request.into_inner().amount_cents;
-    let intent: serde_json::Value = async {
-        key.post("/v1/payment_intents")
-            .form(&[
-                ("amount", amount.to_string()),
-                ("currency", "usd".to_owned()),
-            ])
-            .send()
-            .await?
-            .error_for_refusal()
-            .await?
-            .json()
-            .await
-            .map_err(Error::from)
-    }
-    .await
-    .map_err(status_of)?;
+    let intent_id = crate::create_payment_intent(&key, amount, |request| request)
+        .await
+        .map_err(status_of)?;
     Ok(Response::new(ChargeReply {
         key_id: key.id().to_owned(),
-        intent_id: intent["id"].as_str().unwrap_or_default().to_owned(),
+        intent_id,
     }))
 }
 

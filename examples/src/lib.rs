@@ -23,8 +23,29 @@ use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
-use vault_key::Client;
+use vault_key::{Client, ResponseExt, VaultKey};
 use vault_key_server::{Server, ServerConfig};
+
+/// Creates a Stripe payment intent of `amount_cents` US cents with `key`, through the proxy;
+/// `adjust` adds headers (an idempotency key, a sandbox delay). Returns the intent's id.
+pub async fn create_payment_intent(
+    key: &VaultKey,
+    amount_cents: u64,
+    adjust: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Result<String, vault_key::Error> {
+    let request = key.post("/v1/payment_intents").form(&[
+        ("amount", amount_cents.to_string()),
+        ("currency", "usd".to_owned()),
+    ]);
+    let intent: serde_json::Value = adjust(request)
+        .send()
+        .await?
+        .error_for_refusal()
+        .await?
+        .json()
+        .await?;
+    Ok(intent["id"].as_str().unwrap_or_default().to_owned())
+}
 
 /// A vault-key server running in this process.
 #[derive(Debug)]

@@ -42,16 +42,14 @@ pub async fn charge(
 ) -> Result<Json<ChargeReport>, vault_key::Error> {
     let mut intents = Vec::new();
     for amount in request.amounts_cents {
-        let mut call = key.post("/v1/payment_intents").form(&[
-            ("amount", amount.to_string()),
-            ("currency", "usd".to_owned()),
-        ]);
-        if let Some(delay) = request.vendor_delay_ms {
-            call = call.header("x-sandbox-delay-ms", delay.to_string());
-        }
         // A refusal by the proxy (cap exhausted: 402 spend_cap_exceeded) ends the call here.
-        let intent: Value = call.send().await?.error_for_refusal().await?.json().await?;
-        intents.push(intent["id"].as_str().unwrap_or_default().to_owned());
+        let intent =
+            crate::create_payment_intent(key, amount, |call| match request.vendor_delay_ms {
+                Some(delay) => call.header("x-sandbox-delay-ms", delay.to_string()),
+                None => call,
+            })
+            .await?;
+        intents.push(intent);
     }
     Ok(Json(ChargeReport {
         key_id: key.id().to_owned(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use vault_key::{Error, ResponseExt, VaultKey};
+use vault_key::{Error, VaultKey};
 
 /// Spawns a worker that charges each amount (US cents), pausing `pause` between charges, and
 /// returns the payment intents it created.
@@ -17,19 +17,7 @@ pub fn spawn_charger(
     tokio::spawn(async move {
         let mut intents = Vec::new();
         for amount in amounts_cents {
-            let intent: serde_json::Value = key
-                .post("/v1/payment_intents")
-                .form(&[
-                    ("amount", amount.to_string()),
-                    ("currency", "usd".to_owned()),
-                ])
-                .send()
-                .await?
-                .error_for_refusal()
-                .await?
-                .json()
-                .await?;
-            intents.push(intent["id"].as_str().unwrap_or_default().to_owned());
+            intents.push(crate::create_payment_intent(&key, amount, |request| request).await?);
             tokio::time::sleep(pause).await;
         }
         Ok(intents)

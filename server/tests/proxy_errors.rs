@@ -320,3 +320,58 @@ async fn a_body_over_the_limit_is_request_too_large() {
     assert_eq!(server.sandbox().unwrap().received_count(), 0);
     assert_eq!(view(&server, &key).await["reserved_usd"], json!(0));
 }
+
+#[tokio::test]
+async fn a_generic_vendor_gets_its_secret_in_its_header_and_a_flat_cost() {
+    use axum::http::HeaderMap;
+    // The vendor: a real HTTP server on loopback that reports the headers it received.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vendor_url = format!("http://{}/api", listener.local_addr().unwrap());
+    let vendor = axum::Router::new().fallback(|headers: HeaderMap, uri: axum::http::Uri| async move {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        axum::Json(json!({"path": uri.path(), "acme_key": header("x-acme-key"), "authorization": header("authorization")}))
+    });
+    tokio::spawn(async move { axum::serve(listener, vendor).await });
+    let server = start_with(|c| {
+        let mut acme = generic_vendor("acme", &vendor_url, 250_000);
+        acme.auth = vault_key_server::vendor::VendorAuth::Header(http::HeaderName::from_static(
+            "x-acme-key",
+        ));
+        c.vendors.push(acme);
+    })
+    .await;
+    let key = issue(&server, json!({"label": "acme", "vendor": "acme", "daily_usd_cap": 0.5, "allowed_endpoints": ["/v1/things/*"], "expires_in": "5m"})).await;
+    let t = token(&key);
+    let ok = send(
+        http()
+            .get(format!("{}/acme/v1/things/t1", server.url()))
+            .header("x-acme-key", t),
+    )
+    .await;
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    assert_eq!(
+        ok.1["path"], "/api/v1/things/t1",
+        "the configured base path, then exactly the checked path"
+    );
+    assert_eq!(ok.1["acme_key"], "acme-real-secret");
+    assert_eq!(ok.1["authorization"], "");
+    // $0.25 a call against a $0.50 cap: the third call is refused.
+    assert_eq!(
+        send(
+            http()
+                .get(format!("{}/acme/v1/things/t2", server.url()))
+                .header("x-acme-key", t)
+        )
+        .await
+        .0,
+        200
+    );
+    let third = send(
+        http()
+            .get(format!("{}/acme/v1/things/t3", server.url()))
+            .header("x-acme-key", t),
+    )
+    .await;
+    assert_code(&third, 429, "cap_exhausted");
+    assert_eq!(view(&server, &key).await["spent_today_usd"], json!(0.5));
+}
