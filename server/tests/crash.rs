@@ -113,6 +113,11 @@ async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key() {
     )
     .await;
     let counted = micros(&view["spent_today_usd"]) + micros(&view["reserved_usd"]);
+    eprintln!(
+        "after SIGKILL: {acknowledged} charges acknowledged, {executed} executed by the vendor, \
+         key counts spent ${} + reserved ${}",
+        view["spent_today_usd"], view["reserved_usd"]
+    );
     assert!(
         counted >= executed * 10_000_000,
         "the vendor executed {executed} charges of $10 but the key counts only {counted} micro-dollars: {view}"
