@@ -658,3 +658,69 @@ async fn credentials_and_account_switching_headers_never_travel_upstream() {
     assert_eq!(authorization, ["Bearer sk_test_vaultkey_sandbox"]);
     assert!(upstream.headers.iter().all(|(_, v)| !v.contains("vk_")));
 }
+
+/// Request smuggling: whatever the client's framing, the vendor gets one request, framed by the
+/// proxy itself, with exactly the body the proxy read and checked.
+#[tokio::test]
+async fn conflicting_framing_never_smuggles_a_request_upstream() {
+    let server = start().await;
+    let key = stripe_key(&server, "smuggling", 100.0).await;
+    let auth = format!("authorization: Bearer {}", token(&key));
+    let smuggled = "POST /stripe/v1/payment_intents HTTP/1.1\r\nhost: x\r\ncontent-length: 25\r\n\r\namount=99999&currency=usd";
+    let cases: Vec<Vec<u8>> = vec![
+        // Content-Length and Transfer-Encoding together.
+        format!(
+            "POST /stripe/v1/customers HTTP/1.1\r\nhost: x\r\n{auth}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 12\r\ntransfer-encoding: chunked\r\n\r\n7\r\nemail=a\r\n0\r\n\r\n{smuggled}"
+        )
+        .into_bytes(),
+        // Two different Content-Lengths.
+        format!(
+            "POST /stripe/v1/customers HTTP/1.1\r\nhost: x\r\n{auth}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 7\r\ncontent-length: 120\r\n\r\nemail=a{smuggled}"
+        )
+        .into_bytes(),
+        // A space before the colon of a header name.
+        format!("GET /stripe/v1/customers HTTP/1.1\r\nhost: x\r\nauthorization : Bearer {}\r\n\r\n", token(&key)).into_bytes(),
+        // Transfer-Encoding that is not chunked.
+        format!(
+            "POST /stripe/v1/customers HTTP/1.1\r\nhost: x\r\n{auth}\r\ntransfer-encoding: gzip, chunked\r\n\r\n7\r\nemail=a\r\n0\r\n\r\n"
+        )
+        .into_bytes(),
+    ];
+    for request in &cases {
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request)
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+        )
+        .await;
+    }
+    let received = server.sandbox().unwrap().received();
+    eprintln!(
+        "smuggling: {} of {} requests reached the vendor",
+        received.len(),
+        cases.len()
+    );
+    assert!(
+        received.iter().all(|r| r.path == "/stripe/v1/customers"),
+        "{received:?}"
+    );
+    for upstream in &received {
+        assert_eq!(
+            upstream.body, b"email=a",
+            "the vendor got exactly the checked body: {upstream:?}"
+        );
+        assert!(upstream
+            .headers
+            .iter()
+            .all(|(name, _)| name != "transfer-encoding"));
+    }
+    assert_eq!(
+        view(&server, &key).await["spent_today_usd"],
+        json!(0),
+        "no smuggled charge"
+    );
+}
