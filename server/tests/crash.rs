@@ -59,25 +59,41 @@ async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key() {
         204
     );
 
-    // 40 charges of $10, answered by the vendor after 0 to 780 ms; the proxy dies at 250 ms.
+    // 40 charges of $10: the first 20 answered by the vendor within 0 to 190 ms, the other 20
+    // after 3 s. The proxy is killed once 5 are acknowledged, so the kill lands mid-flight however
+    // fast or slow this machine is.
+    let acknowledged_so_far = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let charges: Vec<_> = (0..40u64)
         .map(|i| {
             let url = server.url.clone();
             let token = token(&key).to_owned();
+            let counter = std::sync::Arc::clone(&acknowledged_so_far);
+            let delay_ms = if i < 20 { i * 10 } else { 3_000 };
             tokio::spawn(async move {
                 let sent = http()
                     .post(format!("{url}/stripe/v1/payment_intents"))
                     .bearer_auth(token)
                     .header("content-type", "application/x-www-form-urlencoded")
-                    .header("x-sandbox-delay-ms", (i * 20).to_string())
+                    .header("x-sandbox-delay-ms", delay_ms.to_string())
                     .body("amount=1000&currency=usd")
                     .send()
                     .await;
-                matches!(sent, Ok(response) if response.status() == 200)
+                let ok = matches!(sent, Ok(response) if response.status() == 200);
+                if ok {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                ok
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    let started = std::time::Instant::now();
+    while acknowledged_so_far.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no charge was acknowledged in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.child.start_kill().unwrap();
     server.child.wait().await.unwrap();
     let mut acknowledged = 0u64;
@@ -85,7 +101,7 @@ async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key() {
         acknowledged += u64::from(charge.await.unwrap());
     }
     // Let the vendor finish what it had started, then count what it really executed.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
     let executed = http()
         .get(format!("{}/stripe/v1/payment_intents", vendor.url))
         .bearer_auth("sk_test_vaultkey_sandbox")
