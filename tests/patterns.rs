@@ -194,7 +194,9 @@ async fn a_worker_keeps_its_key_until_it_ends_or_is_aborted() {
         Duration::from_millis(100),
     );
     drop(key);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    while vendor_calls(&local) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     local.client.flush().await;
     assert_eq!(
         status(&key_view(&local, &id).await),

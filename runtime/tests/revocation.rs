@@ -189,10 +189,11 @@ fn an_arc_shared_key_is_revoked_after_the_last_owner() {
                 .unwrap(),
         );
         let id = key.id().to_owned();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
         let worker = tokio::spawn({
             let key = Arc::clone(&key);
             async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                wait.await.unwrap();
                 key.get("/v1/customers").send().await.unwrap().status()
             }
         });
@@ -203,6 +204,7 @@ fn an_arc_shared_key_is_revoked_after_the_last_owner() {
             "active",
             "the worker still owns it"
         );
+        go.send(()).unwrap();
         assert_eq!(worker.await.unwrap(), 200);
         vault_key::flush().await;
         assert_eq!(server.status(&id).await, "revoked");
