@@ -25,8 +25,8 @@ pub struct LiveVendor {
 pub struct App {
     /// Keys, spend and calls.
     pub store: Arc<dyn Store>,
-    /// Vendors by name.
-    pub vendors: BTreeMap<String, LiveVendor>,
+    /// Vendors by name (shared with the calls in flight to each).
+    pub vendors: BTreeMap<String, Arc<LiveVendor>>,
     /// Hash of the admin token, compared in constant time.
     pub admin_token: TokenHash,
     /// Prometheus metrics.

@@ -105,7 +105,10 @@ impl Server {
                     unreachable!("the sandbox starts whenever a vendor uses it")
                 }
             };
-            vendors.insert(vendor.name.clone(), LiveVendor { vendor, base_url });
+            vendors.insert(
+                vendor.name.clone(),
+                Arc::new(LiveVendor { vendor, base_url }),
+            );
         }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -113,7 +113,7 @@ pub struct KeyView {
     pub spent_today_usd: Usd,
     /// Reserved by calls in flight (or whose outcome is unknown) in the current UTC day.
     pub reserved_usd: Usd,
-    /// Proxied calls that reached the vendor, all time.
+    /// Proxied calls forwarded to the vendor, all time (refused calls are not counted).
     pub requests: u64,
 }
 

@@ -113,9 +113,10 @@ impl EndpointPattern {
         let mut path_segments = rest.split('/');
         for segment in &self.segments {
             match segment {
+                // One or more segments, all non-empty, whatever they are.
                 PatternSegment::AnyRest => {
-                    return path_segments.all(|s| !s.is_empty())
-                        && rest.split('/').count() >= self.segments.len();
+                    let mut rest = path_segments.peekable();
+                    return rest.peek().is_some() && rest.all(|s| !s.is_empty());
                 }
                 PatternSegment::AnyOne => match path_segments.next() {
                     Some(s) if !s.is_empty() => {}

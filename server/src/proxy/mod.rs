@@ -220,6 +220,7 @@ async fn proxy(
     };
     let upstream = Upstream {
         app: Arc::clone(app),
+        vendor: Arc::clone(vendor),
         key_id: key.id.clone(),
         method: parts.method.clone(),
         path: path.to_owned(),
@@ -231,7 +232,7 @@ async fn proxy(
     };
     // The forward and its settlement run in their own task: once a request has gone to the
     // vendor, a client that disconnects must not stop the settlement.
-    match tokio::spawn(upstream.forward(vendor.vendor.name.clone())).await {
+    match tokio::spawn(upstream.forward()).await {
         Ok(result) => result.map_err(|error| Refusal {
             error,
             key_id: Some(key.id.clone()),
@@ -278,6 +279,7 @@ async fn open_call(
 /// A checked, reserved call on its way to the vendor.
 struct Upstream {
     app: Arc<App>,
+    vendor: Arc<LiveVendor>,
     key_id: String,
     method: http::Method,
     path: String,
@@ -289,18 +291,13 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn forward(self, vendor_name: String) -> Result<Response, ApiError> {
+    async fn forward(mut self) -> Result<Response, ApiError> {
         let started = Instant::now();
-        let app = &self.app;
-        let vendor = app.vendors.get(&vendor_name).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "internal error",
-            )
-        })?;
-        let url = upstream_url(vendor, &self.path, self.query.as_deref())?;
-        let mut headers = self.headers.clone();
+        let app = Arc::clone(&self.app);
+        let vendor = Arc::clone(&self.vendor);
+        let vendor_name = vendor.vendor.name.as_str();
+        let url = upstream_url(&vendor, &self.path, self.query.as_deref())?;
+        let mut headers = std::mem::take(&mut self.headers);
         vendor
             .vendor
             .auth
@@ -316,16 +313,16 @@ impl Upstream {
             .http
             .request(self.method.clone(), url)
             .headers(headers)
-            .body(self.body.clone())
+            .body(std::mem::take(&mut self.body))
             .send();
         let outcome = tokio::time::timeout(app.upstream_timeout, sent).await;
         app.metrics
-            .proxied(&vendor_name, started.elapsed().as_secs_f64());
+            .proxied(vendor_name, started.elapsed().as_secs_f64());
         let response = match outcome {
             Ok(Ok(response)) => response,
             Ok(Err(error)) if error.is_connect() => {
                 // Nothing reached the vendor: release the reservation.
-                self.settle_or_record(app, None, Usd::ZERO).await;
+                self.settle_or_record(None, Usd::ZERO).await;
                 tracing::warn!(vendor = %vendor_name, error = %error.without_url(), "vendor unreachable");
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -355,9 +352,8 @@ impl Upstream {
         let cost = self.reservation.map_or(Usd::ZERO, |(_, reserved)| {
             vendor.vendor.meter.settle(reserved, status)
         });
-        self.settle_or_record(app, Some(status.as_u16()), cost)
-            .await;
-        app.metrics.spent(&vendor_name, cost.micros());
+        self.settle_or_record(Some(status.as_u16()), cost).await;
+        app.metrics.spent(vendor_name, cost.micros());
         tracing::info!(key_id = %self.key_id, vendor = %vendor_name, method = %self.method, path = %self.path, status = status.as_u16(), cost_usd = %cost, "proxied call");
         let mut out = Response::builder().status(status);
         if let Some(out_headers) = out.headers_mut() {
@@ -374,7 +370,8 @@ impl Upstream {
     }
 
     /// Settles the reservation, or records the free call, with what the vendor answered.
-    async fn settle_or_record(&self, app: &App, status: Option<u16>, cost: Usd) {
+    async fn settle_or_record(&self, status: Option<u16>, cost: Usd) {
+        let app = &self.app;
         let result = match self.reservation {
             Some((call_id, _)) => app.store.settle_call(call_id, cost, status).await,
             None => {

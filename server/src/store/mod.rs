@@ -45,7 +45,7 @@ pub struct KeyRecord {
     pub expires_at: OffsetDateTime,
     /// Revocation time.
     pub revoked_at: Option<OffsetDateTime>,
-    /// Calls forwarded upstream.
+    /// Calls forwarded to the vendor (whether or not the vendor could be reached).
     pub requests: u64,
 }
 
@@ -245,6 +245,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_denial(&self, denial: &DeniedCall) -> Result<(), StoreError>;
     /// The key's calls, oldest first.
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError>;
-    /// Key counts by status at `now`.
+    /// Whether the store answers at all (for `/healthz`: cheap, whatever the number of keys).
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Key counts by status at `now` (for `/metrics`: one pass over the keys).
     async fn key_counts(&self, now: OffsetDateTime) -> Result<KeyCounts, StoreError>;
 }

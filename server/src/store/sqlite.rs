@@ -87,6 +87,16 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
+    /// One key with its day's spend, from a bound `KEY_BY_*` statement.
+    async fn fetch_key<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        let row = query.fetch_optional(&self.reader).await?;
+        row.map(|row| key_from_row(&row).map(|(_, key, spend)| (key, spend)))
+            .transpose()
+    }
+
     /// Closes both pools, waiting for queries in progress.
     pub async fn close(&self) {
         self.writer.close().await;
@@ -94,9 +104,20 @@ impl SqliteStore {
     }
 }
 
-const KEY_COLUMNS: &str = "k.seq, k.id, k.token_hash, k.label, k.vendor, k.daily_cap_micros, \
-     k.allowed_endpoints, k.allowed_methods, k.created_ms, k.expires_ms, k.revoked_ms, k.requests, \
-     COALESCE(s.spent_micros, 0) AS spent_micros, COALESCE(s.reserved_micros, 0) AS reserved_micros";
+/// A key with its spend on one day, up to the day's value (bound next). A macro rather than a
+/// `const` so that `concat!` builds each full statement at compile time: the proxy's key lookup
+/// runs on every call and formats nothing.
+macro_rules! key_with_spend_on_day {
+    () => {
+        "SELECT k.seq, k.id, k.token_hash, k.label, k.vendor, k.daily_cap_micros, \
+         k.allowed_endpoints, k.allowed_methods, k.created_ms, k.expires_ms, k.revoked_ms, \
+         k.requests, COALESCE(s.spent_micros, 0) AS spent_micros, \
+         COALESCE(s.reserved_micros, 0) AS reserved_micros \
+         FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = "
+    };
+}
+const KEY_BY_TOKEN_HASH: &str = concat!(key_with_spend_on_day!(), "? WHERE k.token_hash = ?");
+const KEY_BY_ID: &str = concat!(key_with_spend_on_day!(), "? WHERE k.id = ?");
 
 fn to_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
@@ -203,33 +224,17 @@ impl Store for SqliteStore {
         hash: &TokenHash,
         day: Date,
     ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = ? \
-             WHERE k.token_hash = ?"
-        );
-        let row = sqlx::query(&sql)
+        let query = sqlx::query(KEY_BY_TOKEN_HASH)
             .bind(day.to_string())
-            .bind(&hash.0[..])
-            .fetch_optional(&self.reader)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let (_, key, spend) = key_from_row(&row)?;
+            .bind(&hash.0[..]);
+        let found = self.fetch_key(query).await?;
         // The index found the row by hash; confirm in constant time all the same.
-        Ok(key.token_hash.matches(hash).then_some((key, spend)))
+        Ok(found.filter(|(key, _)| key.token_hash.matches(hash)))
     }
 
     async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = ? \
-             WHERE k.id = ?"
-        );
-        let row = sqlx::query(&sql)
-            .bind(day.to_string())
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|row| key_from_row(&row).map(|(_, key, spend)| (key, spend)))
-            .transpose()
+        self.fetch_key(sqlx::query(KEY_BY_ID).bind(day.to_string()).bind(id))
+            .await
     }
 
     async fn list_keys(
@@ -238,9 +243,7 @@ impl Store for SqliteStore {
         day: Date,
     ) -> Result<Vec<(i64, KeyRecord, DaySpend)>, StoreError> {
         let now_ms = to_ms(query.now.unwrap_or_else(OffsetDateTime::now_utc));
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {KEY_COLUMNS} FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = "
-        ));
+        let mut sql = QueryBuilder::<Sqlite>::new(key_with_spend_on_day!());
         sql.push_bind(day.to_string()).push(" WHERE 1 = 1");
         if let Some(prefix) = &query.label_prefix {
             // `substr` rather than `LIKE`: a `%` or `_` in a label is not a wildcard.
@@ -506,6 +509,11 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
     }
 
     async fn key_counts(&self, now: OffsetDateTime) -> Result<KeyCounts, StoreError> {
