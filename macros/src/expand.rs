@@ -74,7 +74,7 @@ pub fn expand(plan: Plan, mut function: ItemFn) -> TokenStream {
     };
     let client = match client {
         Some(path) => quote! { ::vault_key::__private::IntoClient::into_client(#path()) },
-        None => quote! { ::vault_key::__private::default_client() },
+        None => quote! { ::vault_key::default_client() },
     };
     let spec = quote! { ::vault_key::__private::spec(#vendor, #cap_micros, &[#(#endpoints),*], #ttl_secs, #methods, #label) };
 

@@ -49,12 +49,7 @@ impl IntoClient for Result<Client, Error> {
     }
 }
 
-/// The process default client.
-pub fn default_client() -> Result<Client, Error> {
-    crate::default_client()
-}
-
-/// Issues the key (`on_issue_error = "fail"`).
+/// Issues the key (`on_issue_error = "fail"`; also the path of `axum::VaultKeyLayer`).
 pub async fn issue(client: Result<Client, Error>, spec: KeySpec) -> Result<Arc<VaultKey>, Error> {
     Ok(Arc::new(client?.issue(&spec).await?))
 }

@@ -52,22 +52,22 @@ type SpecFn = dyn Fn(&RequestLabels) -> KeySpec + Send + Sync;
 /// goes on without a key, for handlers that take `Option<Extension<Arc<VaultKey>>>` and fall back
 /// to a shared secret during a gradual rollout; [`fallbacks`](VaultKeyLayer::fallbacks) counts
 /// those.
+///
+/// Settings apply to the layer they are called on, whatever other clones exist; clones share the
+/// fallback counter.
 #[derive(Clone)]
 pub struct VaultKeyLayer {
-    shared: Arc<LayerShared>,
-}
-
-struct LayerShared {
-    spec: Box<SpecFn>,
+    spec: Arc<SpecFn>,
     client: Option<Client>,
     fail_open: bool,
-    fallbacks: AtomicU64,
+    fallbacks: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for VaultKeyLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultKeyLayer")
-            .field("fail_open", &self.shared.fail_open)
+            .field("client", &self.client)
+            .field("fail_open", &self.fail_open)
             .field("fallbacks", &self.fallbacks())
             .finish_non_exhaustive()
     }
@@ -88,42 +88,30 @@ impl VaultKeyLayer {
         spec: impl Fn(&RequestLabels) -> KeySpec + Send + Sync + 'static,
     ) -> VaultKeyLayer {
         VaultKeyLayer {
-            shared: Arc::new(LayerShared {
-                spec: Box::new(spec),
-                client: None,
-                fail_open: false,
-                fallbacks: AtomicU64::new(0),
-            }),
+            spec: Arc::new(spec),
+            client: None,
+            fail_open: false,
+            fallbacks: Arc::default(),
         }
     }
 
     /// Uses this client instead of the process default.
     #[must_use]
-    pub fn client(self, client: Client) -> VaultKeyLayer {
-        self.rebuild(|shared| shared.client = Some(client))
+    pub fn client(mut self, client: Client) -> VaultKeyLayer {
+        self.client = Some(client);
+        self
     }
 
     /// Lets requests through without a key when issuance fails.
     #[must_use]
-    pub fn fail_open(self) -> VaultKeyLayer {
-        self.rebuild(|shared| shared.fail_open = true)
+    pub fn fail_open(mut self) -> VaultKeyLayer {
+        self.fail_open = true;
+        self
     }
 
     /// How many requests went on without a key because issuance failed (fail-open only).
     pub fn fallbacks(&self) -> u64 {
-        self.shared.fallbacks.load(Ordering::Relaxed)
-    }
-
-    fn rebuild(self, change: impl FnOnce(&mut LayerShared)) -> VaultKeyLayer {
-        let mut shared = match Arc::try_unwrap(self.shared) {
-            Ok(shared) => shared,
-            // Configuration happens before the layer is shared; a shared layer keeps its settings.
-            Err(shared) => return VaultKeyLayer { shared },
-        };
-        change(&mut shared);
-        VaultKeyLayer {
-            shared: Arc::new(shared),
-        }
+        self.fallbacks.load(Ordering::Relaxed)
     }
 }
 
@@ -133,7 +121,7 @@ impl<S> Layer<S> for VaultKeyLayer {
     fn layer(&self, inner: S) -> VaultKeyService<S> {
         VaultKeyService {
             inner,
-            shared: Arc::clone(&self.shared),
+            layer: self.clone(),
         }
     }
 }
@@ -142,12 +130,14 @@ impl<S> Layer<S> for VaultKeyLayer {
 #[derive(Clone)]
 pub struct VaultKeyService<S> {
     inner: S,
-    shared: Arc<LayerShared>,
+    layer: VaultKeyLayer,
 }
 
 impl<S> std::fmt::Debug for VaultKeyService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultKeyService").finish_non_exhaustive()
+        f.debug_struct("VaultKeyService")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -169,25 +159,18 @@ where
         // The clone that was driven to readiness serves this request (tower's usual dance).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
+        let layer = self.layer.clone();
         Box::pin(async move {
-            let labels = RequestLabels::from_headers(request.headers());
-            let spec = (shared.spec)(&labels);
-            let issued = match &shared.client {
-                Some(client) => client.issue(&spec).await,
-                None => match default_client() {
-                    Ok(client) => client.issue(&spec).await,
-                    Err(error) => Err(error),
-                },
-            };
-            match issued {
+            let spec = (layer.spec)(&RequestLabels::from_headers(request.headers()));
+            let client = layer.client.clone().map_or_else(default_client, Ok);
+            // The same issuing path as the attribute's.
+            match crate::__private::issue(client, spec).await {
                 Ok(key) => {
-                    let key = Arc::new(key);
                     request.extensions_mut().insert(Arc::clone(&key));
                     scope(key, inner.call(request)).await
                 }
-                Err(error) if shared.fail_open => {
-                    shared.fallbacks.fetch_add(1, Ordering::Relaxed);
+                Err(error) if layer.fail_open => {
+                    layer.fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, "no vault key for this request; continuing without one (fail open)");
                     inner.call(request).await
                 }

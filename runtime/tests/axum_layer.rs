@@ -108,7 +108,7 @@ fn the_layer_issues_per_request_and_revokes_after_the_response() {
         let view = server.key(&first).await;
         assert_eq!(view["label"], "user:u-7/run:run-42");
         assert_eq!(view["spent_today_usd"], json!(15));
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&first).await, "revoked");
 
         // A second request gets a key of its own: the $20 cap is per request, and exhausting it
@@ -130,7 +130,7 @@ fn the_layer_issues_per_request_and_revokes_after_the_response() {
             "agent",
             "no label headers: the spec's label"
         );
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&second).await, "revoked");
     });
 }
@@ -154,7 +154,7 @@ fn a_client_that_disconnects_mid_request_still_gets_its_key_revoked() {
         assert!(request.await.unwrap_err().is_cancelled());
         // Axum drops the handler's future when the connection goes; give it a moment to notice.
         for _ in 0..100 {
-            vault_key::flush().await;
+            server.flush().await;
             if server.status(&id).await == "revoked" {
                 return;
             }
@@ -172,9 +172,10 @@ fn fail_open_falls_back_and_counts_while_fail_closed_answers_503() {
         let spec = KeySpec::new("stripe")
             .cap_usd(5)
             .endpoints(["/v1/customers"]);
-        let open = VaultKeyLayer::new(spec.clone())
-            .client(unreachable.clone())
-            .fail_open();
+        // Configured while another clone of the layer exists: the settings must still apply.
+        let base = VaultKeyLayer::new(spec.clone());
+        let _other_clone = base.clone();
+        let open = base.client(unreachable.clone()).fail_open();
         let open_url = serve(Router::new().route("/", get(maybe)).layer(open.clone())).await;
         let closed_url = serve(
             Router::new()

@@ -83,7 +83,7 @@ fn every_key_is_revoked_although_the_first_revocations_fail() {
                 .unwrap();
             ids.push(key.id().to_owned());
         }
-        vault_key::flush().await;
+        client.flush().await;
         for id in &ids {
             assert_eq!(server.status(id).await, "revoked", "{id}");
         }
@@ -119,8 +119,8 @@ fn ten_thousand_keys_across_64_tasks_leave_none_active() {
         for task in tasks {
             task.await.unwrap();
         }
-        vault_key::flush().await;
-        assert_eq!(vault_key::pending_revocations(), 0);
+        server.flush().await;
+        assert_eq!(server.client().pending_revocations(), 0);
         assert_eq!(server.active_with_prefix("bulk/").await, 0);
         let metrics = reqwest::Client::new()
             .get(format!("{}/metrics", server.url))

@@ -27,7 +27,7 @@ fn revoked_after_normal_return() {
             Ok(key.id().to_owned())
         }
         let id = task(server.client()).await.unwrap();
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
@@ -52,7 +52,7 @@ fn revoked_after_early_return_through_question_mark() {
         let mut id = String::new();
         let error = task(server.client(), &mut id).await.unwrap_err();
         assert!(matches!(error, Error::EndpointNotAllowed { .. }), "{error}");
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
@@ -70,7 +70,7 @@ fn revoked_after_panic() {
         });
         assert!(task.await.unwrap_err().is_panic());
         let id = id_rx.await.unwrap();
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
@@ -91,7 +91,7 @@ fn revoked_after_join_handle_abort() {
         assert_eq!(server.status(&id).await, "active");
         task.abort();
         assert!(task.await.unwrap_err().is_cancelled());
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
@@ -114,7 +114,7 @@ fn revoked_after_losing_a_select() {
             } => {}
         }
         let id = id_rx.recv().await.unwrap();
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
@@ -131,7 +131,7 @@ fn revoked_when_dropped_with_no_runtime_running() {
     // A plain thread, no runtime anywhere near it.
     std::thread::spawn(move || drop(key)).join().unwrap();
     block_on(async {
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
@@ -155,7 +155,7 @@ fn revoked_when_the_runtime_shuts_down_under_it() {
     // Shutting the runtime down drops the task, and with it the key, inside the shutdown.
     drop(doomed);
     block_on(async {
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
@@ -173,7 +173,7 @@ fn revoke_awaits_the_server() {
         key.revoke().await.unwrap();
         // No flush: revoke() returned only once the server had it.
         assert_eq!(server.status(&id).await, "revoked");
-        assert_eq!(vault_key::pending_revocations(), 0);
+        assert_eq!(server.client().pending_revocations(), 0);
     });
 }
 
@@ -198,7 +198,7 @@ fn an_arc_shared_key_is_revoked_after_the_last_owner() {
             }
         });
         drop(key);
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(
             server.status(&id).await,
             "active",
@@ -206,7 +206,7 @@ fn an_arc_shared_key_is_revoked_after_the_last_owner() {
         );
         go.send(()).unwrap();
         assert_eq!(worker.await.unwrap(), 200);
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(server.status(&id).await, "revoked");
     });
 }

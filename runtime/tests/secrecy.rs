@@ -88,7 +88,7 @@ fn current_is_the_scoped_key_and_nothing_outside() {
         .await;
         assert_eq!(seen, Some(id.clone()));
         assert!(vault_key::current().is_none());
-        vault_key::flush().await;
+        server.flush().await;
         assert_eq!(
             server.status(&id).await,
             "revoked",

@@ -14,6 +14,9 @@ pub const ADMIN: &str = "runtime-test-admin-token-0123";
 
 pub struct TestServer {
     pub url: String,
+    /// The one client of this server: its clones share a pending-revocation count, so
+    /// [`TestServer::flush`] waits for exactly the keys this test issued here.
+    client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -39,6 +42,7 @@ impl TestServer {
         });
         let url = url_rx.recv().unwrap();
         TestServer {
+            client: Client::new(&url, ADMIN).unwrap(),
             url,
             stop: Some(stop),
             thread: Some(thread),
@@ -46,7 +50,13 @@ impl TestServer {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.url, ADMIN).unwrap()
+        self.client.clone()
+    }
+
+    /// Waits until every key issued through [`TestServer::client`] and dropped is revoked. (The
+    /// process-wide `vault_key::flush()` would also wait for other tests' servers.)
+    pub async fn flush(&self) {
+        self.client.flush().await;
     }
 
     /// The key's status on the server (`active`, `revoked`, `expired`).
@@ -101,6 +111,18 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // No key of this test may outlive its server: its revocation would be retried until the
+        // key expired, and every flush in the process would wait for it.
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            let client = &self.client;
+            runtime.block_on(async {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), client.flush()).await;
+            });
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
