@@ -36,17 +36,33 @@ async fn key_view(local: &LocalServer, id: &str) -> KeyView {
     admin_get(local, &format!("/v1/keys/{id}")).await
 }
 
-/// Asks the backend's charge tool, as agent run `run`, for these charges; returns the key it used.
-async fn charge_tool(backend: std::net::SocketAddr, run: &str, amounts_cents: &[u64]) -> String {
-    let report: Value = reqwest::Client::new()
-        .post(format!("http://{backend}/runs/{run}/charge"))
-        .json(&json!({ "amounts_cents": amounts_cents }))
+/// Calls one of the backend's tools as agent run `run`; returns the status and JSON answer.
+async fn call_tool(
+    backend: std::net::SocketAddr,
+    run: &str,
+    tool: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{backend}/runs/{run}/{tool}"))
+        .json(&body)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Asks the charge tool for these charges; returns the key it used.
+async fn charge_tool(backend: std::net::SocketAddr, run: &str, amounts_cents: &[u64]) -> String {
+    let (status, report) = call_tool(
+        backend,
+        run,
+        "charge",
+        json!({ "amounts_cents": amounts_cents }),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
     report["key_id"].as_str().expect("a key id").to_owned()
 }
 
@@ -71,7 +87,6 @@ async fn attribute_tools_issue_per_call_enforce_and_revoke() {
     let local = start_sandbox_server().await.unwrap();
     vault_key::init(local.client.clone());
     let backend = serve(tools::router()).await.unwrap();
-    let http = reqwest::Client::new();
 
     let id = charge_tool(backend, "r1", &[2500]).await;
     let view = key_view(&local, &id).await;
@@ -88,30 +103,18 @@ async fn attribute_tools_issue_per_call_enforce_and_revoke() {
 
     // Over the $500 cap in one call: refused by the proxy before the vendor sees it.
     let before = vendor_calls(&local);
-    let over = http
-        .post(format!("http://{backend}/runs/r2/charge"))
-        .json(&json!({"amounts_cents": [60000]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(over.status(), 402);
+    let over = call_tool(backend, "r2", "charge", json!({"amounts_cents": [60000]})).await;
     assert_eq!(
-        over.json::<Value>().await.unwrap()["code"],
-        "spend_cap_exceeded"
+        (over.0, over.1["code"].as_str()),
+        (402, Some("spend_cap_exceeded"))
     );
     assert_eq!(vendor_calls(&local), before);
 
     // The read tool's key is limited to customers and the balance, GET only.
-    let outside = http
-        .post(format!("http://{backend}/runs/r3/read"))
-        .json(&json!({"path": "/v1/charges"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(outside.status(), 403);
+    let outside = call_tool(backend, "r3", "read", json!({"path": "/v1/charges"})).await;
     assert_eq!(
-        outside.json::<Value>().await.unwrap()["code"],
-        "endpoint_not_allowed"
+        (outside.0, outside.1["code"].as_str()),
+        (403, Some("endpoint_not_allowed"))
     );
     assert_eq!(vendor_calls(&local), before);
     let read_key = &keys_labelled(&local, "r3/read").await[0];
@@ -255,16 +258,32 @@ async fn an_activity_revokes_before_it_reports_and_cannot_charge_twice() {
         .unwrap();
     assert_ne!(retried.key_id, first.key_id);
     assert_eq!(retried.intent_id, first.intent_id);
-    // An order over its own cap is refused by the proxy, and the key is still revoked.
-    let before = vendor_calls(&local);
-    let spec_error = activity::charge_order(&local.client, "o-78", 0)
+    // When the work fails after the key was issued (here the proxy cannot be reached), the
+    // activity still revokes before it reports the failure.
+    let no_proxy = Client::builder(local.server.url(), &local.admin_token)
+        .proxy_url("http://127.0.0.1:9")
+        .build()
+        .unwrap();
+    let failed = activity::charge_order(&no_proxy, "o-78", 1_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, vault_key::Error::Transport(_)), "{failed}");
+    let keys = keys_labelled(&local, "activity/o-78").await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        status(&keys[0]),
+        "revoked",
+        "revoked before the error was returned"
+    );
+    // An order of nothing is refused before any key is issued.
+    let nothing = activity::charge_order(&local.client, "o-79", 0)
         .await
         .unwrap_err();
     assert!(
-        matches!(spec_error, vault_key::Error::InvalidSpec(_)),
-        "{spec_error}"
+        matches!(nothing, vault_key::Error::InvalidSpec(_)),
+        "{nothing}"
     );
-    assert_eq!(vendor_calls(&local), before);
+    assert!(keys_labelled(&local, "activity/o-79").await.is_empty());
 }
 
 #[tokio::test]

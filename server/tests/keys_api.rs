@@ -151,27 +151,17 @@ async fn admin_routes_need_the_admin_token() {
 async fn revoke_is_idempotent_and_unknown_ids_are_not_found() {
     let server = start().await;
     let key = issue(&server, valid()).await;
-    let url = format!("{}/v1/keys/{}", server.url(), key["id"].as_str().unwrap());
     for _ in 0..2 {
-        assert_eq!(
-            http()
-                .delete(&url)
-                .bearer_auth(ADMIN)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            204
-        );
+        assert_eq!(revoke(&server, &key).await, 204);
     }
-    let missing = http()
-        .delete(format!("{}/v1/keys/key_nope", server.url()))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
-    assert_eq!(missing.json::<Value>().await.unwrap()["code"], "not_found");
+    let (status, body) = admin(
+        &server.url(),
+        reqwest::Method::DELETE,
+        "/v1/keys/key_nope",
+        None,
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let (status, body) = admin_get(&server, "/v1/keys/key_nope").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let (status, body) = admin_get(&server, "/v1/keys/key_nope/events").await;
@@ -222,16 +212,7 @@ async fn list_filters_by_prefix_and_status_and_pages_with_a_cursor() {
     }
     stripe_key(&server, "team-b/0", 5.0).await;
     let revoked = stripe_key(&server, "team-a/revoked", 5.0).await;
-    http()
-        .delete(format!(
-            "{}/v1/keys/{}",
-            server.url(),
-            revoked["id"].as_str().unwrap()
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(revoke(&server, &revoked).await, 204);
 
     let (_, page) = admin_get(
         &server,
@@ -290,24 +271,8 @@ async fn healthz_and_metrics_answer() {
         .unwrap();
     assert_eq!(health, json!({"status": "ok"}));
     let key = stripe_key(&server, "metrics", 5.0).await;
-    http()
-        .delete(format!(
-            "{}/v1/keys/{}",
-            server.url(),
-            key["id"].as_str().unwrap()
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    let text = http()
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(revoke(&server, &key).await, 204);
+    let text = metrics_text(&server).await;
     assert!(text.contains("vault_key_keys_issued_total 1"), "{text}");
     assert!(text.contains("vault_key_keys_revoked_total 1"), "{text}");
     assert!(

@@ -81,17 +81,7 @@ async fn revoked_key_is_refused_on_the_very_next_call() {
     let server = start().await;
     let key = stripe_key(&server, "revoke-me", 50.0).await;
     assert_eq!(charge(&server, token(&key), 100).await.0, 200);
-    let deleted = http()
-        .delete(format!(
-            "{}/v1/keys/{}",
-            server.url(),
-            key["id"].as_str().unwrap()
-        ))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(revoke(&server, &key).await, 204);
     let received = server.sandbox().unwrap().received_count();
     let refused = charge(&server, token(&key), 100).await;
     assert_code(&refused, 401, "key_revoked");

@@ -52,22 +52,12 @@ async fn a_hundred_concurrent_ten_dollar_charges_against_five_hundred() {
     assert_eq!(intents, 50, "the vendor saw exactly the charges that fit");
 }
 
-async fn post(
-    server: &vault_key_server::Server,
-    token: &str,
-    path: &str,
-    body: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    stripe_form(&server.url(), token, path, body, headers).await
-}
-
 #[tokio::test]
 async fn a_declined_charge_settles_to_zero() {
     let server = start().await;
     let key = stripe_key(&server, "declined", 50.0).await;
-    let (status, body) = post(
-        &server,
+    let (status, body) = stripe_form(
+        &server.url(),
         token(&key),
         "/v1/payment_intents",
         "amount=2000&currency=usd&confirm=true&payment_method=pm_card_chargeDeclined",
@@ -89,8 +79,8 @@ async fn a_replayed_idempotency_key_is_reserved_once() {
     let server = start().await;
     let key = stripe_key(&server, "idempotent", 15.0).await;
     let idem = [("idempotency-key", "order-77")];
-    let first = post(
-        &server,
+    let first = stripe_form(
+        &server.url(),
         token(&key),
         "/v1/payment_intents",
         "amount=1000&currency=usd",
@@ -99,8 +89,8 @@ async fn a_replayed_idempotency_key_is_reserved_once() {
     .await;
     assert_eq!(first.0, 200);
     // $10 of $15 spent: a fresh $10 charge would not fit, but the replay costs nothing more.
-    let replay = post(
-        &server,
+    let replay = stripe_form(
+        &server.url(),
         token(&key),
         "/v1/payment_intents",
         "amount=1000&currency=usd",
@@ -112,8 +102,8 @@ async fn a_replayed_idempotency_key_is_reserved_once() {
         replay.1["id"], first.1["id"],
         "the vendor replayed its first answer"
     );
-    let fresh = post(
-        &server,
+    let fresh = stripe_form(
+        &server.url(),
         token(&key),
         "/v1/payment_intents",
         "amount=1000&currency=usd",
@@ -132,8 +122,8 @@ async fn a_failed_call_under_an_idempotency_key_does_not_make_its_retry_free() {
     let idem = [("idempotency-key", "order-9")];
     // Stripe refuses an unknown parameter before acting and saves no result for the key, so the
     // retry below really charges: it must be reserved and counted, not waved through as a replay.
-    let refused = post(
-        &server,
+    let refused = stripe_form(
+        &server.url(),
         token(&key),
         "/v1/payment_intents",
         "amount=700&currency=usd&colour=red",
@@ -141,8 +131,8 @@ async fn a_failed_call_under_an_idempotency_key_does_not_make_its_retry_free() {
     )
     .await;
     assert_eq!(refused.0, 400, "{}", refused.1);
-    let retried = post(
-        &server,
+    let retried = stripe_form(
+        &server.url(),
         token(&key),
         "/v1/payment_intents",
         "amount=700&currency=usd",
@@ -163,8 +153,8 @@ async fn updates_and_confirmations_that_move_money_are_metered() {
     let server = start().await;
     let key = stripe_key(&server, "updates", 30.0).await;
     let t = token(&key);
-    let created = post(
-        &server,
+    let created = stripe_form(
+        &server.url(),
         t,
         "/v1/payment_intents",
         "amount=1000&currency=usd",
@@ -173,8 +163,8 @@ async fn updates_and_confirmations_that_move_money_are_metered() {
     .await;
     let id = created.1["id"].as_str().unwrap().to_owned();
     assert_eq!(
-        post(
-            &server,
+        stripe_form(
+            &server.url(),
             t,
             &format!("/v1/payment_intents/{id}"),
             "description=renamed",
@@ -185,8 +175,8 @@ async fn updates_and_confirmations_that_move_money_are_metered() {
         200
     );
     assert_eq!(
-        post(
-            &server,
+        stripe_form(
+            &server.url(),
             t,
             &format!("/v1/payment_intents/{id}/confirm"),
             "amount_to_confirm=1500&currency=usd",
@@ -196,8 +186,8 @@ async fn updates_and_confirmations_that_move_money_are_metered() {
         .0,
         200
     );
-    let over = post(
-        &server,
+    let over = stripe_form(
+        &server.url(),
         t,
         &format!("/v1/payment_intents/{id}"),
         "amount=600&currency=usd",
@@ -251,14 +241,7 @@ async fn the_audit_trail_records_reservations_settlements_and_refusals() {
         .find(|e| e["method"] == "GET")
         .expect("the read");
     assert_eq!(read["settled_usd"], json!(0));
-    let text = http()
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&server).await;
     assert!(
         text.contains("vault_key_proxy_denials_total{code=\"cap_exhausted\"} 1"),
         "{text}"

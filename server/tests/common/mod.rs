@@ -220,6 +220,24 @@ pub async fn spawn_binary(
     Process { child, url }
 }
 
+/// `DELETE /v1/keys/{id}` for an issued key; returns the status.
+pub async fn revoke(server: &Server, key: &Value) -> u16 {
+    let path = format!("/v1/keys/{}", key["id"].as_str().unwrap());
+    admin(&server.url(), reqwest::Method::DELETE, &path, None)
+        .await
+        .0
+}
+
+/// The Prometheus text of `/metrics`.
+pub async fn metrics_text(server: &Server) -> String {
+    let response = http()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap();
+    response.text().await.unwrap()
+}
+
 /// `GET /v1/keys/{id}` for an issued key.
 pub async fn view(server: &Server, key: &Value) -> Value {
     get_key(server, key["id"].as_str().unwrap()).await
