@@ -3,12 +3,12 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response};
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use url::Url;
-use vault_key_wire::{ErrorBody, IssuedKey, ERROR_HEADER};
+use vault_key_wire::{ErrorBody, IssuedKey, TokenPlacement, ERROR_HEADER};
 
 use crate::client::{endpoint, Client};
 use crate::revoke::{self, RevokeJob};
@@ -43,6 +43,8 @@ pub struct VaultKey {
     label: String,
     vendor: String,
     expires_at: OffsetDateTime,
+    /// Where the proxy expects the token for this key's vendor, as the server said at issue.
+    placement: TokenPlacement,
     client: Client,
     /// Set once revocation has reached the server, so that the drop does nothing more.
     revoked: AtomicBool,
@@ -68,6 +70,7 @@ impl VaultKey {
             label: issued.label,
             vendor: issued.vendor,
             expires_at: issued.expires_at,
+            placement: issued.token_placement,
             client,
             revoked: AtomicBool::new(false),
         }
@@ -149,20 +152,13 @@ impl VaultKey {
         self.request(Method::DELETE, path)
     }
 
-    fn credential(&self) -> (reqwest::header::HeaderName, HeaderValue) {
-        let (name, text) = match self.vendor.as_str() {
-            "anthropic" => (
-                reqwest::header::HeaderName::from_static("x-api-key"),
-                self.token.expose_secret().to_owned(),
-            ),
-            _ => (
-                AUTHORIZATION,
-                format!("Bearer {}", self.token.expose_secret()),
-            ),
-        };
-        // Tokens are base62, always a valid header value.
-        let mut value =
-            HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    fn credential(&self) -> (HeaderName, HeaderValue) {
+        // The server validated both at issue; a header it named is always a valid name, and a
+        // base62 token with its prefix is always a valid value.
+        let name = HeaderName::from_bytes(self.placement.header.as_bytes())
+            .unwrap_or(reqwest::header::AUTHORIZATION);
+        let mut value = HeaderValue::from_str(&self.placement.value(self.token.expose_secret()))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
         value.set_sensitive(true);
         (name, value)
     }

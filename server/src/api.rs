@@ -39,6 +39,17 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/keys/{id}/events", get(key_events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// A known admin route with a method it does not take: a JSON answer with its `code`, like every
+/// other error of the server.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this route does not take this method",
+    )
 }
 
 /// Proof that the request carried the admin token.
@@ -89,6 +100,7 @@ async fn create_key(
         }
     };
     let spec = validate_new_key(&app, &request)?;
+    let vendor_placement = app.vendors[&spec.vendor].vendor.auth.placement();
     let now = OffsetDateTime::now_utc();
     let (token, token_hash) = token::generate();
     let key = KeyRecord {
@@ -113,10 +125,11 @@ async fn create_key(
         label: key.label,
         vendor: key.vendor,
         daily_usd_cap: key.daily_cap,
-        allowed_endpoints: key.allowed_endpoints,
-        allowed_methods: key.allowed_methods,
+        allowed_endpoints: pattern_strings(&key.allowed_endpoints),
+        allowed_methods: method_strings(key.allowed_methods.as_deref()),
         expires_at: key.expires_at,
         created_at: key.created_at,
+        token_placement: vendor_placement,
     };
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
@@ -125,8 +138,8 @@ struct NewKeySpec {
     label: String,
     vendor: String,
     cap: Usd,
-    endpoints: Vec<String>,
-    methods: Option<Vec<String>>,
+    endpoints: Vec<EndpointPattern>,
+    methods: Option<Vec<http::Method>>,
     ttl: std::time::Duration,
 }
 
@@ -210,11 +223,11 @@ fn validate_new_key(app: &App, request: &Map<String, Value>) -> Result<NewKeySpe
             format!("`allowed_endpoints` must list 1 to {MAX_ENDPOINTS} patterns"),
         ));
     }
-    for pattern in &endpoints {
-        pattern
-            .parse::<EndpointPattern>()
-            .map_err(|e| ApiError::invalid_field("allowed_endpoints", e.to_string()))?;
-    }
+    let endpoints = endpoints
+        .iter()
+        .map(|pattern| pattern.parse::<EndpointPattern>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid_field("allowed_endpoints", e.to_string()))?;
     let ttl = parse_duration(string("expires_in")?)
         .map_err(|e| ApiError::invalid_field("expires_in", e.to_string()))?;
     if ttl > app.max_key_ttl {
@@ -226,28 +239,32 @@ fn validate_new_key(app: &App, request: &Map<String, Value>) -> Result<NewKeySpe
             ),
         ));
     }
-    let methods = string_list(request, "allowed_methods")?;
-    if let Some(methods) = &methods {
-        if methods.is_empty() {
-            return Err(ApiError::invalid_field(
-                "allowed_methods",
-                "`allowed_methods`, when given, must not be empty",
-            ));
-        }
-        for method in methods {
-            let usable =
-                standard_method(method).is_some_and(|m| vendor.vendor.methods.contains(&m));
-            if !usable {
+    let methods = string_list(request, "allowed_methods")?
+        .map(|methods| {
+            if methods.is_empty() {
                 return Err(ApiError::invalid_field(
                     "allowed_methods",
-                    format!(
-                        "`{method}` is not a method {} uses (methods are upper case)",
-                        vendor.vendor.name
-                    ),
+                    "`allowed_methods`, when given, must not be empty",
                 ));
             }
-        }
-    }
+            methods
+                .iter()
+                .map(|method| {
+                    standard_method(method)
+                        .filter(|m| vendor.vendor.methods.contains(m))
+                        .ok_or_else(|| {
+                            ApiError::invalid_field(
+                                "allowed_methods",
+                                format!(
+                                    "`{method}` is not a method {} uses (methods are upper case)",
+                                    vendor.vendor.name
+                                ),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     Ok(NewKeySpec {
         label: label.to_owned(),
         vendor: vendor_name.to_owned(),
@@ -272,6 +289,14 @@ fn string_list(request: &Map<String, Value>, field: &str) -> Result<Option<Vec<S
     }
 }
 
+fn pattern_strings(patterns: &[EndpointPattern]) -> Vec<String> {
+    patterns.iter().map(ToString::to_string).collect()
+}
+
+fn method_strings(methods: Option<&[http::Method]>) -> Option<Vec<String>> {
+    methods.map(|methods| methods.iter().map(ToString::to_string).collect())
+}
+
 fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> KeyView {
     KeyView {
         status: key.status(now),
@@ -279,8 +304,8 @@ fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> KeyView {
         label: key.label,
         vendor: key.vendor,
         daily_usd_cap: key.daily_cap,
-        allowed_endpoints: key.allowed_endpoints,
-        allowed_methods: key.allowed_methods,
+        allowed_endpoints: pattern_strings(&key.allowed_endpoints),
+        allowed_methods: method_strings(key.allowed_methods.as_deref()),
         expires_at: key.expires_at,
         created_at: key.created_at,
         revoked_at: key.revoked_at,

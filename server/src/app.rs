@@ -37,6 +37,8 @@ pub struct App {
     pub max_key_ttl: Duration,
     /// Time to the vendor's response headers.
     pub upstream_timeout: Duration,
+    /// Time for a proxied request's whole body to arrive.
+    pub body_timeout: Duration,
     /// Largest proxied body.
     pub max_body_bytes: usize,
     /// Largest total of request header bytes.

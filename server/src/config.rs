@@ -4,10 +4,12 @@
 //! max_key_ttl = "24h"        # longest `expires_in` a key may ask for
 //! upstream_timeout = "60s"   # time to the vendor's response headers
 //! max_body_bytes = 10485760
+//! body_timeout = "30s"       # time for a proxied request's whole body to arrive
 //!
 //! [vendors.stripe]           # built in; everything optional
 //! base_url = "https://api.stripe.com"
 //! secret_env = "STRIPE_SECRET_KEY"
+//! free_routes = ["POST /v1/accounts/*"]  # routes the meter does not know, declared free
 //! [vendors.stripe.usd_per_unit]
 //! eur = "1.08"               # USD per euro, for charges in EUR
 //!
@@ -31,7 +33,10 @@ use vault_key_wire::{parse_duration, Usd};
 
 use crate::meter::{Meter, StripeMeter};
 use crate::store::SyncMode;
-use crate::vendor::{rest_methods, Upstream, Vendor, VendorAuth, RESERVED_NAMES, SANDBOX_SECRET};
+use crate::vendor::{
+    rest_methods, ErrorEnvelope, FreeRoute, Upstream, Vendor, VendorAuth, RESERVED_NAMES,
+    SANDBOX_SECRET,
+};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -52,6 +57,8 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     /// Time allowed until the vendor's response headers.
     pub upstream_timeout: Duration,
+    /// Time allowed for a proxied request's whole body to arrive.
+    pub body_timeout: Duration,
     /// Largest proxied request body.
     pub max_body_bytes: usize,
     /// Largest sum of request header bytes.
@@ -91,6 +98,7 @@ pub enum ConfigError {
 pub struct ConfigFile {
     max_key_ttl: Option<String>,
     upstream_timeout: Option<String>,
+    body_timeout: Option<String>,
     max_body_bytes: Option<usize>,
     #[serde(default)]
     vendors: BTreeMap<String, VendorFile>,
@@ -105,6 +113,8 @@ struct VendorFile {
     auth_header: Option<String>,
     cost_per_call_usd: Option<String>,
     methods: Option<Vec<String>>,
+    #[serde(default)]
+    free_routes: Vec<String>,
     #[serde(default)]
     usd_per_unit: BTreeMap<String, String>,
 }
@@ -131,6 +141,7 @@ impl ServerConfig {
             max_key_ttl: Duration::from_secs(24 * 3600),
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
         }
@@ -143,6 +154,7 @@ impl ServerConfig {
             Upstream::Sandbox,
             SecretString::from(SANDBOX_SECRET),
             StripeMeter::default(),
+            Vec::new(),
         )];
         config
     }
@@ -160,6 +172,9 @@ impl ServerConfig {
         }
         if let Some(timeout) = &file.upstream_timeout {
             self.upstream_timeout = duration_setting("upstream_timeout", timeout)?;
+        }
+        if let Some(timeout) = &file.body_timeout {
+            self.body_timeout = duration_setting("body_timeout", timeout)?;
         }
         if let Some(max) = file.max_body_bytes {
             self.max_body_bytes = max;
@@ -179,6 +194,7 @@ impl ServerConfig {
             })
             .collect::<Result<HashMap<_, _>, ConfigError>>()?;
         let stripe_secret = secret_of(stripe_file, "STRIPE_SECRET_KEY", env);
+        let stripe_free_routes = free_routes("stripe", stripe_file)?;
         if sandbox {
             if stripe_secret.is_some() {
                 return Err(vendor_error(
@@ -190,6 +206,7 @@ impl ServerConfig {
                 Upstream::Sandbox,
                 SecretString::from(SANDBOX_SECRET),
                 StripeMeter::new(rates),
+                stripe_free_routes,
             ));
         } else if let Some(secret) = stripe_secret {
             let base = stripe_file
@@ -200,6 +217,7 @@ impl ServerConfig {
                 Upstream::Url(base_url("stripe", base)?),
                 secret,
                 StripeMeter::new(rates),
+                stripe_free_routes,
             ));
         }
         for (name, vendor) in file
@@ -213,7 +231,12 @@ impl ServerConfig {
     }
 }
 
-fn stripe(upstream: Upstream, secret: SecretString, meter: StripeMeter) -> Vendor {
+fn stripe(
+    upstream: Upstream,
+    secret: SecretString,
+    meter: StripeMeter,
+    free_routes: Vec<FreeRoute>,
+) -> Vendor {
     Vendor {
         name: "stripe".to_owned(),
         upstream,
@@ -221,7 +244,20 @@ fn stripe(upstream: Upstream, secret: SecretString, meter: StripeMeter) -> Vendo
         auth: VendorAuth::Bearer,
         meter: Meter::Stripe(meter),
         methods: rest_methods(),
+        free_routes,
+        envelope: ErrorEnvelope::Stripe,
     }
+}
+
+fn free_routes(vendor: &str, file: &VendorFile) -> Result<Vec<FreeRoute>, ConfigError> {
+    file.free_routes
+        .iter()
+        .map(|route| {
+            route
+                .parse()
+                .map_err(|e: String| vendor_error(vendor, format!("free_routes: {e}")))
+        })
+        .collect()
 }
 
 fn generic_vendor(
@@ -275,6 +311,8 @@ fn generic_vendor(
         auth,
         meter: Meter::Flat(cost),
         methods,
+        free_routes: free_routes(name, file)?,
+        envelope: ErrorEnvelope::Plain,
     })
 }
 
@@ -384,6 +422,9 @@ mod tests {
             "[vendors.acme]\nbase_url = \"ftp://x\"\nsecret = \"s\"",
             "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\nmethods = [\"TRACE\"]",
             "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\ncost_per_call_usd = \"-1\"",
+            "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\nfree_routes = [\"GET\"]",
+            "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\nfree_routes = [\"get /v1/x\"]",
+            "[vendors.stripe]\nfree_routes = [\"POST /v1/../x\"]",
         ] {
             let file = ConfigFile::parse(toml, "t.toml").unwrap();
             let mut config = ServerConfig::new(SecretString::from("a".repeat(20)));

@@ -36,11 +36,6 @@ impl ApiError {
     pub fn invalid_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
-
-    /// The error's code.
-    pub fn code(&self) -> ErrorCode {
-        self.body.code
-    }
 }
 
 impl From<StoreError> for ApiError {
@@ -54,11 +49,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A JSON error answer with the `vault-key-error` header naming its code.
+    pub(crate) fn json_response(
+        status: StatusCode,
+        code: ErrorCode,
+        body: &impl serde::Serialize,
+    ) -> Response {
+        let mut response = (status, Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(ERROR_HEADER, http::HeaderValue::from_static(code.as_str()));
+        response
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = http::HeaderValue::from_static(self.body.code.as_str());
-        let mut response = (self.status, Json(*self.body)).into_response();
-        response.headers_mut().insert(ERROR_HEADER, code);
-        response
+        ApiError::json_response(self.status, self.body.code, &*self.body)
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 mod error;
 pub mod meter;
 mod metrics;
+mod policy;
 mod proxy;
 pub mod sandbox;
 pub mod store;
@@ -123,6 +124,7 @@ impl Server {
             http,
             max_key_ttl: config.max_key_ttl,
             upstream_timeout: config.upstream_timeout,
+            body_timeout: config.body_timeout,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
         });

@@ -65,6 +65,16 @@ pub fn is_well_formed(candidate: &str) -> bool {
         }
 }
 
+/// Whether a well-formed vault token appears anywhere in `bytes` (a path, a query, a header
+/// value, a body): such a request is refused rather than forwarded, logged or stored with the
+/// token in it.
+pub fn appears_in(bytes: &[u8]) -> bool {
+    bytes
+        .windows(TOKEN_LEN)
+        .filter(|window| window.starts_with(PREFIX.as_bytes()))
+        .any(|window| std::str::from_utf8(window).is_ok_and(is_well_formed))
+}
+
 /// A public id for a key: `key_` + 22 base62 characters (131 bits). Safe to log.
 pub fn generate_key_id() -> String {
     let mut id = String::from("key_");
@@ -112,6 +122,16 @@ mod tests {
         assert!(!is_well_formed(&token[..TOKEN_LEN - 1]));
         assert!(!is_well_formed(&format!("{token}x")));
         assert!(!is_well_formed(&token.replacen("vk_", "sk_", 1)));
+    }
+
+    #[test]
+    fn a_token_is_found_inside_other_text() {
+        let (token, _) = generate();
+        let token = token.expose_secret();
+        assert!(appears_in(format!("/v1/customers/{token}/x").as_bytes()));
+        assert!(appears_in(token.as_bytes()));
+        assert!(!appears_in(&token.as_bytes()[..TOKEN_LEN - 1]));
+        assert!(!appears_in(b"/v1/customers/vk_short"));
     }
 
     #[test]

@@ -448,6 +448,82 @@ fn cases() -> Vec<Case> {
             &["content-type: application/json"],
         ),
         charge(
+            "leading-bracket look-alike",
+            "[amount]=100000&amount=1&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "trailing-bracket look-alike",
+            "amount]=100000&amount=1&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        charge(
+            "semicolon-separated second amount",
+            "amount=1;amount=100000&currency=usd",
+            400,
+            "unmeterable_request",
+        ),
+        with_body(
+            case(
+                "semicolon-separated query on a write",
+                "POST",
+                "/stripe/v1/payment_intents?x=1;amount=100000",
+                400,
+                "unmeterable_request",
+            ),
+            "amount=1&currency=usd",
+        ),
+        with_headers(
+            with_body(
+                case(
+                    "gzip-encoded body",
+                    "POST",
+                    "/stripe/v1/customers",
+                    400,
+                    "unmeterable_request",
+                ),
+                "email=a",
+            ),
+            &["content-encoding: gzip"],
+        ),
+        Case {
+            body: "email=a",
+            ..with_headers(
+                case(
+                    "UTF-16 form body",
+                    "POST",
+                    "/stripe/v1/customers",
+                    400,
+                    "unmeterable_request",
+                ),
+                &["content-type: application/x-www-form-urlencoded; charset=utf-16"],
+            )
+        },
+        case(
+            "a route the meter does not know",
+            "DELETE",
+            "/stripe/v1/payment_intents/pi_1",
+            400,
+            "unmeterable_request",
+        ),
+        case(
+            "CONNECT",
+            "CONNECT",
+            "api.stripe.com:443",
+            405,
+            "method_not_allowed",
+        ),
+        case("asterisk target", "OPTIONS", "*", 400, "invalid_path"),
+        case(
+            "empty vendor segment",
+            "GET",
+            "//stripe/v1/customers",
+            400,
+            "invalid_path",
+        ),
+        charge(
             "over the cap in one call",
             "amount=100000000&currency=usd",
             429,
@@ -537,8 +613,25 @@ async fn token_tricks_are_refused_and_never_reach_the_vendor() {
             "token only in the query",
             vec![],
             &*Box::leak(format!("/stripe/v1/customers?api_key={good}").into_boxed_str()),
-            401,
-            "invalid_key",
+            400,
+            "invalid_path",
+        ),
+        (
+            "token in the path as well as the header",
+            vec![format!("authorization: Bearer {good}")],
+            &*Box::leak(format!("/stripe/v1/customers/{good}").into_boxed_str()),
+            400,
+            "invalid_path",
+        ),
+        (
+            "token in another header as well",
+            vec![
+                format!("authorization: Bearer {good}"),
+                format!("x-note: {good}"),
+            ],
+            "/stripe/v1/customers",
+            400,
+            "invalid_request",
         ),
         (
             "token in x-api-key for Stripe",
@@ -608,10 +701,10 @@ async fn credentials_and_account_switching_headers_never_travel_upstream() {
     let server = start().await;
     let key = stripe_key(&server, "headers", 100.0).await;
     let auth = format!("authorization: Bearer {}", token(&key));
-    let target = format!("/stripe/v1/customers?limit=3&api_key={}", token(&key));
+    let target = "/stripe/v1/customers?limit=3&api_key=sk_live_other_account";
     let request = raw_request(
         "GET",
-        &target,
+        target,
         &[
             &auth,
             "stripe-account: acct_someone_else",

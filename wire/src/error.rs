@@ -41,6 +41,11 @@ pub enum ErrorCode {
     UnmeterableRequest,
     /// 429: the call could cost more than what is left of the key's daily cap.
     CapExhausted,
+    /// 408: the request body did not arrive within the server's deadline.
+    RequestTimeout,
+    /// 409: an earlier call under the same `Idempotency-Key` is still in flight; retry once it
+    /// has finished (the vendor answers the same way).
+    IdempotencyKeyInUse,
     /// 502: the vendor could not be reached.
     UpstreamUnavailable,
     /// 504: the vendor did not answer in time.
@@ -69,6 +74,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnmeterableRequest => "unmeterable_request",
             ErrorCode::CapExhausted => "cap_exhausted",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::IdempotencyKeyInUse => "idempotency_key_in_use",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::StoreUnavailable => "store_unavailable",

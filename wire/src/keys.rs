@@ -46,6 +46,42 @@ pub struct IssuedKey {
     /// When the key was issued.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Where the token goes on proxied calls: the server decides it per vendor, so a client never
+    /// has to guess (and never disagrees with the proxy).
+    pub token_placement: TokenPlacement,
+}
+
+/// Where a vendor's SDK puts its API key, and so where the vault token for that vendor goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenPlacement {
+    /// The header, lower-case (`authorization`, `x-api-key`).
+    pub header: String,
+    /// What precedes the token in that header (`"Bearer "`); empty when the header holds the
+    /// token alone.
+    pub prefix: String,
+}
+
+impl TokenPlacement {
+    /// `Authorization: Bearer <token>` (Stripe, OpenAI).
+    pub fn bearer() -> TokenPlacement {
+        TokenPlacement {
+            header: "authorization".to_owned(),
+            prefix: "Bearer ".to_owned(),
+        }
+    }
+
+    /// The token alone in a header of its own (`x-api-key` for Anthropic).
+    pub fn header(name: &str) -> TokenPlacement {
+        TokenPlacement {
+            header: name.to_ascii_lowercase(),
+            prefix: String::new(),
+        }
+    }
+
+    /// The header value that carries `token`.
+    pub fn value(&self, token: &str) -> String {
+        format!("{}{token}", self.prefix)
+    }
 }
 
 impl std::fmt::Debug for IssuedKey {

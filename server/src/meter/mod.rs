@@ -1,59 +1,119 @@
-//! What a proxied call costs: one module per vendor.
+//! What a proxied call costs: one module per vendor, each a pure function of the request it is
+//! about to forward and the response it got back (no storage, no I/O).
 //!
-//! A meter answers two questions. Before forwarding: what is the most this request can cost
-//! ([`Meter::estimate`]), or why it cannot be known (`unmeterable_request`). After the response:
-//! what it did cost ([`Meter::settle`]). The proxy reserves the first and settles to the second.
+//! Before forwarding, [`Meter::estimate`] classifies the call: free, metered at the most it can
+//! cost, or refused because its cost cannot be known (`unmeterable_request`). A vendor route the
+//! meter does not know is refused: unknown means refused. After the response, [`Meter::settle`]
+//! says what the call did cost (and which object it created, for calls that later act on it).
 
 mod stripe;
 
 use http::{HeaderMap, Method, StatusCode};
 use vault_key_wire::Usd;
 
-use crate::store::IdempotencyClaim;
-
 pub use stripe::StripeMeter;
 
-/// The parts of a request a meter may read.
-#[derive(Debug, Clone, Copy)]
-pub struct MeteredRequest<'a> {
+/// The request exactly as it will be forwarded: the policy, the meter and the forwarder all
+/// read this one value, so none of them can judge a request the others do not send.
+#[derive(Debug, Clone)]
+pub struct ForwardRequest {
     /// Method.
-    pub method: &'a Method,
+    pub method: Method,
     /// Canonical upstream path.
-    pub path: &'a str,
-    /// Raw query string.
-    pub query: Option<&'a str>,
-    /// Request headers.
-    pub headers: &'a HeaderMap,
+    pub path: String,
+    /// Query string as it goes upstream (credentials removed), verbatim otherwise.
+    pub query: Option<String>,
+    /// Headers as they go upstream (credentials, hop-by-hop and account-switching headers gone;
+    /// the vendor secret is added only at the last moment, by the forwarder).
+    pub headers: HeaderMap,
     /// The whole body.
-    pub body: &'a [u8],
+    pub body: bytes::Bytes,
 }
 
-/// The most a call can cost, and what makes a repeat of it a replay.
-#[derive(Debug, Clone)]
+/// A vendor object named by a call: the call is allowed only if this key created it (in this
+/// currency, when one is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// The vendor's object id (`pi_…`).
+    pub id: String,
+    /// The currency the object moves money in, lower-case; `None` when any will do.
+    pub currency: Option<String>,
+}
+
+/// The most a call can cost, and what the proxy must check or learn around it.
+#[derive(Debug, Clone, Default)]
 pub struct Estimate {
     /// Reserved before forwarding.
     pub max_cost: Usd,
     /// Present when the vendor will replay a repeat of this call instead of acting again.
     pub idempotency: Option<IdempotencyClaim>,
+    /// An existing object whose money this call moves, which must be one the key created (its
+    /// amount was reserved then): confirming or capturing someone else's object is refused.
+    pub acts_on: Option<ObjectRef>,
+    /// The call creates an object that moves money in this currency; its id is read from the
+    /// response so that later calls may act on it.
+    pub creates_in: Option<String>,
 }
 
 impl Estimate {
-    /// A call that costs nothing.
+    /// A call that costs nothing and names nothing.
     pub const FREE: Estimate = Estimate {
         max_cost: Usd::ZERO,
         idempotency: None,
+        acts_on: None,
+        creates_in: None,
     };
+
+    /// Whether the proxy must go through the store before forwarding (to reserve, or to check
+    /// that the key owns the object acted on).
+    pub fn needs_reservation(&self) -> bool {
+        !self.max_cost.is_zero() || self.acts_on.is_some()
+    }
+
+    /// Whether settlement reads the response body (otherwise the status is enough and the body
+    /// streams straight to the client).
+    pub fn settles_on_body(&self) -> bool {
+        self.creates_in.is_some()
+    }
+}
+
+/// A vendor idempotency key and what the call it names must look like to count as a replay.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// The `Idempotency-Key` header value, as forwarded.
+    pub key: String,
+    /// A digest of method, path and body as forwarded: a different request under the same key
+    /// is not a replay.
+    pub fingerprint: String,
+}
+
+/// What a call cost, from the vendor's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The actual cost.
+    pub cost: Usd,
+    /// The object the call created, now owned by the key.
+    pub created: Option<ObjectRef>,
 }
 
 /// Why a call's cost cannot be determined; becomes `400 unmeterable_request`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unmeterable(pub String);
+pub enum Unmeterable {
+    /// The meter knows this route and knows its cost cannot be capped from this request.
+    #[error("{0}")]
+    Refused(String),
+    /// The meter does not know this route; an operator may declare it free in the config file.
+    #[error(
+        "{0} is not a route vault-key knows to be free or meterable; an operator may declare it \
+         free under `free_routes` in the server config"
+    )]
+    UnknownRoute(String),
+}
 
 /// A vendor's cost model.
 #[derive(Debug, Clone)]
 pub enum Meter {
-    /// Stripe: money-moving creates cost their amount.
+    /// Stripe: money-moving creates cost their amount; every route classified.
     Stripe(StripeMeter),
     /// A configured vendor: a flat cost per call, whatever the answer.
     Flat(Usd),
@@ -61,22 +121,31 @@ pub enum Meter {
 
 impl Meter {
     /// The most `request` can cost.
-    pub fn estimate(&self, request: &MeteredRequest<'_>) -> Result<Estimate, Unmeterable> {
+    pub fn estimate(&self, request: &ForwardRequest) -> Result<Estimate, Unmeterable> {
         match self {
             Meter::Stripe(stripe) => stripe.estimate(request),
             Meter::Flat(cost) => Ok(Estimate {
                 max_cost: *cost,
-                idempotency: None,
+                ..Estimate::FREE
             }),
         }
     }
 
-    /// What a call that reserved `reserved` cost, given the vendor's status.
-    pub fn settle(&self, reserved: Usd, status: StatusCode) -> Usd {
+    /// What a call that reserved `reserved` under `estimate` cost, given the vendor's answer.
+    /// `body` is the response body when [`Estimate::settles_on_body`], else empty.
+    pub fn settle(
+        &self,
+        estimate: &Estimate,
+        reserved: Usd,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Settlement {
         match self {
-            // Stripe charges nothing for a request it refused or failed.
-            Meter::Stripe(_) if !status.is_success() => Usd::ZERO,
-            Meter::Stripe(_) | Meter::Flat(_) => reserved,
+            Meter::Stripe(stripe) => stripe.settle(estimate, reserved, status, body),
+            Meter::Flat(_) => Settlement {
+                cost: reserved,
+                created: None,
+            },
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod stripe;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -46,6 +47,7 @@ impl Log {
 pub struct Sandbox {
     addr: SocketAddr,
     log: Arc<Log>,
+    stripe: Arc<stripe::StripeSandbox>,
     task: JoinHandle<()>,
 }
 
@@ -55,16 +57,22 @@ impl Sandbox {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Log::default());
+        let stripe = Arc::new(stripe::StripeSandbox::new(Arc::clone(&log)));
         let app = Router::new()
             .fallback(stripe::handle)
-            .with_state(Arc::new(stripe::StripeSandbox::new(Arc::clone(&log))));
+            .with_state(Arc::clone(&stripe));
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
                 tracing::error!(%error, "sandbox stopped");
             }
         });
         tracing::info!(%addr, "sandbox vendors listening");
-        Ok(Sandbox { addr, log, task })
+        Ok(Sandbox {
+            addr,
+            log,
+            stripe,
+            task,
+        })
     }
 
     /// Base URL of a vendor's stand-in (`http://127.0.0.1:port/stripe`).
@@ -84,6 +92,12 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The money the stand-in Stripe moved so far (charges, captures, refunds, transfers,
+    /// payouts, top-ups), per lower-case currency, in the currency's minor unit.
+    pub fn stripe_money_moved(&self) -> BTreeMap<String, u64> {
+        self.stripe.money_moved()
     }
 
     /// How many requests were received so far.

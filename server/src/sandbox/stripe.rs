@@ -1,14 +1,25 @@
-//! A stand-in for Stripe's API under `/stripe`: form-encoded requests, Stripe's JSON objects and
-//! error envelopes, `Idempotency-Key` replays, and the test-mode decline card.
+//! A stand-in for Stripe's API under `/stripe`: form-encoded requests read the way Stripe's Rack
+//! stack reads them, Stripe's JSON objects and error envelopes, `Idempotency-Key` replays, the
+//! test-mode decline card, and a ledger of the money every call really moved.
 //!
-//! Knobs for tests, which a real Stripe ignores: `x-sandbox-delay-ms` delays the answer.
+//! The ledger is what the proxy's tests hold the meter to: a call the meter let through as free
+//! must not move money here, and a metered one must not move more than was reserved. So the
+//! sandbox models money the way Stripe does — payment intents that charge on confirmation (or
+//! authorise, then charge on capture), charges that may be captured later, refunds in the
+//! currency of what they refund, transfers, payouts and top-ups — and reads parameters as Rack
+//! does: `&` and `;` separate pairs, a repeated name keeps its last value, and `[amount]`,
+//! `amount]` and `amount[]` all set `amount`.
+//!
+//! Knobs for tests, which a real Stripe ignores: `x-sandbox-delay-ms` delays the answer;
+//! `x-sandbox-refuse: 429` (or another 4xx/5xx) answers that status without acting, as Stripe does
+//! when it rate-limits or fails a request before executing it (and saves nothing under its
+//! idempotency key).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,23 +32,57 @@ use crate::vendor::SANDBOX_SECRET;
 /// The card that Stripe's test mode always declines.
 const DECLINED_CARD: &str = "pm_card_chargeDeclined";
 
-/// Collections the sandbox can create, with their id prefix and object name.
-const COLLECTIONS: &[(&str, &str, &str)] = &[
-    ("payment_intents", "pi", "payment_intent"),
-    ("charges", "ch", "charge"),
-    ("refunds", "re", "refund"),
-    ("transfers", "tr", "transfer"),
-    ("payouts", "po", "payout"),
-    ("topups", "tu", "topup"),
-    ("customers", "cus", "customer"),
+/// Collections the sandbox can create, with their id prefix, object name, and whether creating
+/// one moves its `amount`.
+const COLLECTIONS: &[(&str, &str, &str, Money)] = &[
+    ("payment_intents", "pi", "payment_intent", Money::OnConfirm),
+    ("charges", "ch", "charge", Money::OnCapture),
+    ("refunds", "re", "refund", Money::Refund),
+    ("transfers", "tr", "transfer", Money::OnCreate),
+    ("payouts", "po", "payout", Money::OnCreate),
+    ("topups", "tu", "topup", Money::OnCreate),
+    ("customers", "cus", "customer", Money::None),
+    ("products", "prod", "product", Money::None),
+    ("prices", "price", "price", Money::None),
+    ("coupons", "co", "coupon", Money::None),
+    ("payment_methods", "pm", "payment_method", Money::None),
+    ("setup_intents", "seti", "setup_intent", Money::None),
 ];
+
+/// When an object of a collection moves money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Money {
+    None,
+    OnCreate,
+    OnConfirm,
+    OnCapture,
+    Refund,
+}
+
+type Params = BTreeMap<String, String>;
+type Answer = (StatusCode, Value);
 
 pub(super) struct StripeSandbox {
     log: Arc<Log>,
     next_id: AtomicU64,
-    objects: Mutex<HashMap<String, Map<String, Value>>>,
+    state: Mutex<Ledger>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    objects: HashMap<String, Map<String, Value>>,
     /// Idempotency key → the answer given the first time.
-    answered: Mutex<HashMap<String, (StatusCode, Value)>>,
+    answered: HashMap<String, Answer>,
+    /// Money moved, per currency, in minor units.
+    moved: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Debug for StripeSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeSandbox")
+            .field("money_moved", &self.money_moved())
+            .finish_non_exhaustive()
+    }
 }
 
 impl StripeSandbox {
@@ -45,13 +90,26 @@ impl StripeSandbox {
         StripeSandbox {
             log,
             next_id: AtomicU64::new(1),
-            objects: Mutex::default(),
-            answered: Mutex::default(),
+            state: Mutex::default(),
         }
     }
-}
 
-type Answer = (StatusCode, Value);
+    /// Money moved so far, per currency, in minor units.
+    pub(super) fn money_moved(&self) -> BTreeMap<String, u64> {
+        self.lock().moved.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_sandbox{}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
 
 fn error(
     status: StatusCode,
@@ -64,6 +122,40 @@ fn error(
         body["param"] = json!(param);
     }
     (status, json!({ "error": body }))
+}
+
+fn invalid(message: impl Into<String>, param: Option<&str>) -> Answer {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        message,
+        param,
+    )
+}
+
+fn not_found(method: &Method, path: &str) -> Answer {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("Unrecognized request URL ({method}: {path})."),
+        None,
+    )
+}
+
+/// The parameters as Rack reads a form: pairs split on `&` and `;`, names filed under their
+/// top-level key (leading brackets skipped, up to the first bracket), the last value winning.
+fn rack_params(form: &[u8]) -> Params {
+    let mut params = Params::new();
+    for piece in form.split(|b| *b == b'&' || *b == b';') {
+        for (name, value) in form_urlencoded::parse(piece) {
+            let name = name.trim_start_matches(['[', ']']);
+            let key = name.split(['[', ']']).next().unwrap_or("");
+            if !key.is_empty() {
+                params.insert(key.to_owned(), value.into_owned());
+            }
+        }
+    }
+    params
 }
 
 pub(super) async fn handle(
@@ -97,10 +189,27 @@ pub(super) async fn handle(
     {
         tokio::time::sleep(Duration::from_millis(delay.min(30_000))).await;
     }
+    if let Some(status) = parts
+        .headers
+        .get("x-sandbox-refuse")
+        .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok())
+        .filter(|s| s.is_client_error() || s.is_server_error())
+    {
+        let kind = if status.is_server_error() {
+            "api_error"
+        } else {
+            "rate_limit_error"
+        };
+        let (status, value) = error(status, kind, "Refused before acting (sandbox).", None);
+        return (status, Json(value)).into_response();
+    }
     let Some(path) = parts.uri.path().strip_prefix("/stripe") else {
         return (StatusCode::NOT_FOUND, "only /stripe is simulated").into_response();
     };
-    let (status, value, replayed) = sandbox.answer(&parts.method, path, &parts.headers, &body);
+    // Rack merges the query's parameters with the body's, the body's winning.
+    let mut params = rack_params(parts.uri.query().unwrap_or("").as_bytes());
+    params.extend(rack_params(&body));
+    let (status, value, replayed) = sandbox.answer(&parts.method, path, &parts.headers, &params);
     let mut response = (status, Json(value)).into_response();
     response.headers_mut().insert(
         "request-id",
@@ -125,7 +234,7 @@ impl StripeSandbox {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-        body: &Bytes,
+        params: &Params,
     ) -> (StatusCode, Value, bool) {
         let authorized = headers
             .get(http::header::AUTHORIZATION)
@@ -144,119 +253,86 @@ impl StripeSandbox {
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let mut ledger = self.lock();
         if let Some(key) = &idempotency_key {
-            if let Some((status, value)) = self
-                .answered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(key)
-            {
+            if let Some((status, value)) = ledger.answered.get(key) {
                 return (*status, value.clone(), true);
             }
         }
-        let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
-        let (status, value) = self.route(method, path, &form);
+        let (status, value) = self.route(&mut ledger, method, path, params);
         // Stripe saves the result of a request that started executing, not of one it rejected
         // before (such as a validation error).
         if let Some(key) = idempotency_key
             .filter(|_| status.is_success() || status == StatusCode::PAYMENT_REQUIRED)
         {
-            self.answered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, (status, value.clone()));
+            ledger.answered.insert(key, (status, value.clone()));
         }
         (status, value, false)
     }
 
-    fn route(&self, method: &Method, path: &str, form: &[(String, String)]) -> Answer {
+    fn route(&self, ledger: &mut Ledger, method: &Method, path: &str, params: &Params) -> Answer {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match (method.as_str(), segments.as_slice()) {
-            ("GET", ["v1", "balance"]) => (
+        let answer = match (method.as_str(), segments.as_slice()) {
+            ("GET", ["v1", "balance"]) => Ok((
                 StatusCode::OK,
                 json!({"object": "balance", "livemode": false, "available": [{"amount": 1_000_000, "currency": "usd"}], "pending": []}),
-            ),
-            ("POST", ["v1", collection]) => self.create(collection, form),
-            ("GET", ["v1", collection]) => self.list(collection),
-            ("GET", ["v1", _, id]) => self.retrieve(id),
-            ("POST", ["v1", "payment_intents", id]) => self.update(id, form),
-            ("POST", ["v1", "payment_intents", id, action]) => {
-                self.payment_intent_action(id, action, form)
+            )),
+            ("POST", ["v1", collection]) => self.create(ledger, collection, params),
+            ("GET", ["v1", collection]) => list(ledger, collection),
+            ("GET", ["v1", _, id]) => ledger
+                .object(id)
+                .map(|o| (StatusCode::OK, Value::Object(o.clone()))),
+            ("DELETE", ["v1", "customers" | "products" | "coupons", id]) => ledger
+                .objects
+                .remove(*id)
+                .map(|_| (StatusCode::OK, json!({"id": id, "deleted": true})))
+                .ok_or_else(|| no_such(id)),
+            ("POST", ["v1", "payment_intents", id]) => update_intent(ledger, id, params),
+            ("POST", ["v1", "payment_intents", id, "confirm"]) => confirm(ledger, id, params),
+            ("POST", ["v1", "payment_intents" | "charges", id, "capture"]) => {
+                capture(ledger, id, params)
             }
-            _ => error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("Unrecognized request URL ({method}: {path})."),
-                None,
-            ),
-        }
+            ("POST", ["v1", "payment_intents", id, "cancel"]) => {
+                ledger.object_mut(id).map(|intent| {
+                    intent.insert("status".to_owned(), json!("canceled"));
+                    (StatusCode::OK, Value::Object(intent.clone()))
+                })
+            }
+            ("POST", ["v1", "charges", id, "refund" | "refunds"]) => {
+                let mut params = params.clone();
+                params.insert("charge".to_owned(), (*id).to_owned());
+                self.create(ledger, "refunds", &params)
+            }
+            ("POST", ["v1", _, id]) => update_plain(ledger, id, params),
+            _ => Err(not_found(method, path)),
+        };
+        answer.unwrap_or_else(|refusal| refusal)
     }
 
-    fn create(&self, collection: &str, form: &[(String, String)]) -> Answer {
-        let Some((_, prefix, object)) = COLLECTIONS.iter().find(|(name, _, _)| *name == collection)
+    fn create(
+        &self,
+        ledger: &mut Ledger,
+        collection: &str,
+        params: &Params,
+    ) -> Result<Answer, Answer> {
+        let Some((_, prefix, object, money)) =
+            COLLECTIONS.iter().find(|(name, ..)| *name == collection)
         else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("Unrecognized request URL (POST: /v1/{collection})."),
-                None,
-            );
+            return Err(not_found(&Method::POST, &format!("/v1/{collection}")));
         };
         if *object == "payment_intent" {
-            if let Some((unknown, _)) = form.iter().find(|(name, _)| !is_payment_intent_param(name))
-            {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
+            if let Some(unknown) = params.keys().find(|name| !is_payment_intent_param(name)) {
+                return Err(invalid(
                     format!("Received unknown parameter: {unknown}"),
                     Some(unknown),
-                );
+                ));
             }
         }
-        let mut fields = Map::new();
-        for (name, value) in form {
-            fields.insert(name.clone(), json!(value));
-        }
-        let moves_money = *object != "customer";
-        if moves_money {
-            let amount = match form
-                .iter()
-                .find(|(n, _)| n == "amount")
-                .map(|(_, v)| v.parse::<u64>())
-            {
-                Some(Ok(amount)) => amount,
-                Some(Err(_)) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        "Invalid integer: amount",
-                        Some("amount"),
-                    )
-                }
-                None if *object == "refund" => 0,
-                None => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        "Missing required param: amount.",
-                        Some("amount"),
-                    )
-                }
-            };
-            fields.insert("amount".to_owned(), json!(amount));
-            if !fields.contains_key("currency") && *object != "refund" {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "Missing required param: currency.",
-                    Some("currency"),
-                );
-            }
-        }
-        let id = format!(
-            "{prefix}_sandbox{}",
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
+        let mut fields: Map<String, Value> = params
+            .iter()
+            .map(|(name, value)| (name.clone(), json!(value)))
+            .collect();
+        let id = self.new_id(prefix);
         fields.insert("id".to_owned(), json!(id));
         fields.insert("object".to_owned(), json!(object));
         fields.insert("livemode".to_owned(), json!(false));
@@ -264,147 +340,113 @@ impl StripeSandbox {
             "created".to_owned(),
             json!(time::OffsetDateTime::now_utc().unix_timestamp()),
         );
-        if *object == "payment_intent" {
-            fields.insert("status".to_owned(), json!("requires_payment_method"));
-            let confirm = form.iter().any(|(n, v)| n == "confirm" && v == "true");
-            if confirm {
-                if let Err(declined) = confirm_payment(&mut fields, form) {
-                    return declined;
+        match money {
+            Money::None => {}
+            Money::Refund => refund(ledger, &mut fields, params)?,
+            Money::OnCreate | Money::OnConfirm | Money::OnCapture => {
+                let amount = amount_param(params, "amount")?
+                    .ok_or_else(|| invalid("Missing required param: amount.", Some("amount")))?;
+                let currency = params
+                    .get("currency")
+                    .ok_or_else(|| invalid("Missing required param: currency.", Some("currency")))?
+                    .to_ascii_lowercase();
+                fields.insert("amount".to_owned(), json!(amount));
+                fields.insert("currency".to_owned(), json!(currency));
+                match money {
+                    Money::OnCreate => ledger.record(&currency, amount),
+                    Money::OnConfirm => {
+                        fields.insert("status".to_owned(), json!("requires_payment_method"));
+                        if params.get("confirm").is_some_and(|v| v == "true") {
+                            charge_intent(ledger, &mut fields, params)?;
+                        }
+                    }
+                    _ => {
+                        declined_unless_payable(params)?;
+                        let captured = params.get("capture").is_none_or(|v| v != "false");
+                        fields.insert("captured".to_owned(), json!(captured));
+                        if captured {
+                            ledger.record(&currency, amount);
+                        }
+                    }
                 }
             }
         }
-        self.objects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, fields.clone());
-        (StatusCode::OK, Value::Object(fields))
-    }
-
-    fn list(&self, collection: &str) -> Answer {
-        let Some((_, prefix, _)) = COLLECTIONS.iter().find(|(name, _, _)| *name == collection)
-        else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("Unrecognized request URL (GET: /v1/{collection})."),
-                None,
-            );
-        };
-        let objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut data: Vec<&Map<String, Value>> = objects
-            .iter()
-            .filter(|(id, _)| id.starts_with(&format!("{prefix}_")))
-            .map(|(_, o)| o)
-            .collect();
-        data.sort_by_key(|o| o.get("created").and_then(Value::as_i64));
-        (
-            StatusCode::OK,
-            json!({"object": "list", "url": format!("/v1/{collection}"), "has_more": false, "data": data}),
-        )
-    }
-
-    fn retrieve(&self, id: &str) -> Answer {
-        match self
-            .objects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-        {
-            Some(object) => (StatusCode::OK, Value::Object(object.clone())),
-            None => error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("No such object: '{id}'"),
-                Some("id"),
-            ),
-        }
-    }
-
-    fn update(&self, id: &str, form: &[(String, String)]) -> Answer {
-        let mut objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(object) = objects.get_mut(id) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("No such payment_intent: '{id}'"),
-                Some("intent"),
-            );
-        };
-        for (name, value) in form {
-            let value = if name == "amount" {
-                value
-                    .parse::<u64>()
-                    .map(|a| json!(a))
-                    .unwrap_or(json!(value))
-            } else {
-                json!(value)
-            };
-            object.insert(name.clone(), value);
-        }
-        (StatusCode::OK, Value::Object(object.clone()))
-    }
-
-    fn payment_intent_action(&self, id: &str, action: &str, form: &[(String, String)]) -> Answer {
-        let mut objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(object) = objects.get_mut(id) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!("No such payment_intent: '{id}'"),
-                Some("intent"),
-            );
-        };
-        match action {
-            "confirm" => {
-                if let Err(declined) = confirm_payment(object, form) {
-                    return declined;
-                }
-            }
-            "cancel" => {
-                object.insert("status".to_owned(), json!("canceled"));
-            }
-            "capture" => {
-                object.insert("status".to_owned(), json!("succeeded"));
-            }
-            _ => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!("Unrecognized request URL (POST: /v1/payment_intents/{id}/{action})."),
-                    None,
-                )
-            }
-        }
-        (StatusCode::OK, Value::Object(object.clone()))
+        ledger.objects.insert(id, fields.clone());
+        Ok((StatusCode::OK, Value::Object(fields)))
     }
 }
 
-/// The parameters the sandbox accepts on a payment intent; Stripe refuses unknown ones with a 400
-/// that it does not save under the idempotency key.
-fn is_payment_intent_param(name: &str) -> bool {
-    const PLAIN: &[&str] = &[
-        "amount",
-        "currency",
-        "confirm",
-        "payment_method",
-        "description",
-        "customer",
-        "capture_method",
-        "receipt_email",
-    ];
-    const NESTED: &[&str] = &["metadata[", "automatic_payment_methods[", "amount_details["];
-    PLAIN.contains(&name) || NESTED.iter().any(|prefix| name.starts_with(prefix))
+impl Ledger {
+    fn record(&mut self, currency: &str, amount: u64) {
+        *self.moved.entry(currency.to_owned()).or_default() += amount;
+    }
+
+    fn object(&self, id: &str) -> Result<&Map<String, Value>, Answer> {
+        self.objects.get(id).ok_or_else(|| no_such(id))
+    }
+
+    fn object_mut(&mut self, id: &str) -> Result<&mut Map<String, Value>, Answer> {
+        self.objects.get_mut(id).ok_or_else(|| no_such(id))
+    }
 }
 
-fn confirm_payment(
-    intent: &mut Map<String, Value>,
-    form: &[(String, String)],
-) -> Result<(), Answer> {
-    let method = form
+fn no_such(id: &str) -> Answer {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("No such object: '{id}'"),
+        Some("id"),
+    )
+}
+
+fn list(ledger: &Ledger, collection: &str) -> Result<Answer, Answer> {
+    let Some((_, prefix, ..)) = COLLECTIONS.iter().find(|(name, ..)| *name == collection) else {
+        return Err(not_found(&Method::GET, &format!("/v1/{collection}")));
+    };
+    let mut data: Vec<&Map<String, Value>> = ledger
+        .objects
         .iter()
-        .find(|(n, _)| n == "payment_method")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("pm_card_visa");
+        .filter(|(id, _)| id.starts_with(&format!("{prefix}_")))
+        .map(|(_, o)| o)
+        .collect();
+    data.sort_by_key(|o| o.get("created").and_then(Value::as_i64));
+    Ok((
+        StatusCode::OK,
+        json!({"object": "list", "url": format!("/v1/{collection}"), "has_more": false, "data": data}),
+    ))
+}
+
+fn amount_param(params: &Params, name: &str) -> Result<Option<u64>, Answer> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| invalid(format!("Invalid integer: {name}"), Some(name)))
+        })
+        .transpose()
+}
+
+fn amount_of(object: &Map<String, Value>) -> u64 {
+    object.get("amount").and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn currency_of(object: &Map<String, Value>) -> String {
+    object
+        .get("currency")
+        .and_then(Value::as_str)
+        .unwrap_or("usd")
+        .to_owned()
+}
+
+fn status_of(object: &Map<String, Value>) -> &str {
+    object.get("status").and_then(Value::as_str).unwrap_or("")
+}
+
+fn declined_unless_payable(params: &Params) -> Result<(), Answer> {
+    let method = params
+        .get("payment_method")
+        .or_else(|| params.get("source"))
+        .map_or("pm_card_visa", String::as_str);
     if method == DECLINED_CARD {
         let mut declined = error(
             StatusCode::PAYMENT_REQUIRED,
@@ -416,7 +458,190 @@ fn confirm_payment(
         declined.1["error"]["decline_code"] = json!("generic_decline");
         return Err(declined);
     }
-    intent.insert("payment_method".to_owned(), json!(method));
-    intent.insert("status".to_owned(), json!("succeeded"));
     Ok(())
+}
+
+/// Confirms an intent: charges it, or with `capture_method=manual` authorises it.
+fn charge_intent(
+    ledger: &mut Ledger,
+    intent: &mut Map<String, Value>,
+    params: &Params,
+) -> Result<(), Answer> {
+    declined_unless_payable(params)?;
+    if let Some(method) = params.get("payment_method") {
+        intent.insert("payment_method".to_owned(), json!(method));
+    }
+    if let Some(capture) = params.get("capture_method") {
+        intent.insert("capture_method".to_owned(), json!(capture));
+    }
+    let manual = intent.get("capture_method").and_then(Value::as_str) == Some("manual");
+    if manual {
+        intent.insert("status".to_owned(), json!("requires_capture"));
+    } else {
+        ledger.record(&currency_of(intent), amount_of(intent));
+        intent.insert("status".to_owned(), json!("succeeded"));
+    }
+    Ok(())
+}
+
+fn confirm(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
+    let mut intent = ledger.object(id)?.clone();
+    if matches!(
+        status_of(&intent),
+        "succeeded" | "requires_capture" | "canceled"
+    ) {
+        return Err(invalid(
+            "This PaymentIntent's status does not allow confirmation.",
+            None,
+        ));
+    }
+    charge_intent(ledger, &mut intent, params)?;
+    ledger.objects.insert(id.to_owned(), intent.clone());
+    Ok((StatusCode::OK, Value::Object(intent)))
+}
+
+fn capture(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
+    let mut object = ledger.object(id)?.clone();
+    let capturable = match object.get("object").and_then(Value::as_str) {
+        Some("payment_intent") => status_of(&object) == "requires_capture",
+        Some("charge") => object.get("captured") == Some(&json!(false)),
+        _ => false,
+    };
+    if !capturable {
+        return Err(invalid("This object cannot be captured.", None));
+    }
+    let authorised = amount_of(&object);
+    let amount = amount_param(params, "amount_to_capture")?
+        .or(amount_param(params, "amount")?)
+        .unwrap_or(authorised);
+    if amount > authorised {
+        return Err(invalid(
+            "The amount to capture exceeds the amount authorised.",
+            Some("amount_to_capture"),
+        ));
+    }
+    ledger.record(&currency_of(&object), amount);
+    object.insert("amount_received".to_owned(), json!(amount));
+    object.insert("status".to_owned(), json!("succeeded"));
+    object.insert("captured".to_owned(), json!(true));
+    ledger.objects.insert(id.to_owned(), object.clone());
+    Ok((StatusCode::OK, Value::Object(object)))
+}
+
+/// A refund moves money back from what it refunds, in that object's currency.
+fn refund(
+    ledger: &mut Ledger,
+    fields: &mut Map<String, Value>,
+    params: &Params,
+) -> Result<(), Answer> {
+    let parent_id = match (params.get("charge"), params.get("payment_intent")) {
+        (Some(id), None) | (None, Some(id)) => id.clone(),
+        _ => {
+            return Err(invalid(
+                "One of `charge` or `payment_intent` is required.",
+                None,
+            ))
+        }
+    };
+    let parent = ledger.object(&parent_id)?.clone();
+    let paid = match parent.get("object").and_then(Value::as_str) {
+        Some("payment_intent") => status_of(&parent) == "succeeded",
+        Some("charge") => parent.get("captured") == Some(&json!(true)),
+        _ => false,
+    };
+    if !paid {
+        return Err(invalid("This object has no payment to refund.", None));
+    }
+    let currency = currency_of(&parent);
+    if params
+        .get("currency")
+        .is_some_and(|c| !c.eq_ignore_ascii_case(&currency))
+    {
+        return Err(invalid(
+            "The refund's currency must be that of the payment.",
+            Some("currency"),
+        ));
+    }
+    let refunded = parent
+        .get("amount_refunded")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let remaining = amount_of(&parent).saturating_sub(refunded);
+    let amount = amount_param(params, "amount")?.unwrap_or(remaining);
+    if amount > remaining {
+        return Err(invalid(
+            "Refund amount is greater than the unrefunded amount.",
+            Some("amount"),
+        ));
+    }
+    ledger.record(&currency, amount);
+    if let Some(parent) = ledger.objects.get_mut(&parent_id) {
+        parent.insert("amount_refunded".to_owned(), json!(refunded + amount));
+    }
+    fields.insert("amount".to_owned(), json!(amount));
+    fields.insert("currency".to_owned(), json!(currency));
+    fields.insert("status".to_owned(), json!("succeeded"));
+    Ok(())
+}
+
+fn update_intent(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
+    let intent = ledger.object_mut(id)?;
+    let settled = matches!(
+        status_of(intent),
+        "succeeded" | "requires_capture" | "canceled"
+    );
+    if settled && (params.contains_key("amount") || params.contains_key("currency")) {
+        return Err(invalid(
+            "The amount of a PaymentIntent in this status cannot be changed.",
+            Some("amount"),
+        ));
+    }
+    let amount = amount_param(params, "amount")?;
+    for (name, value) in params {
+        intent.insert(name.clone(), json!(value));
+    }
+    if let Some(amount) = amount {
+        intent.insert("amount".to_owned(), json!(amount));
+    }
+    if let Some(currency) = params.get("currency") {
+        intent.insert("currency".to_owned(), json!(currency.to_ascii_lowercase()));
+    }
+    Ok((StatusCode::OK, Value::Object(intent.clone())))
+}
+
+/// Updates an object's descriptive fields; money fields cannot change this way.
+fn update_plain(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
+    if let Some(field) = ["amount", "currency", "captured", "status"]
+        .iter()
+        .find(|f| params.contains_key(**f))
+    {
+        return Err(invalid(
+            format!("Received unknown parameter: {field}"),
+            Some(field),
+        ));
+    }
+    let object = ledger.object_mut(id)?;
+    for (name, value) in params {
+        object.insert(name.clone(), json!(value));
+    }
+    Ok((StatusCode::OK, Value::Object(object.clone())))
+}
+
+/// The parameters the sandbox accepts on a payment intent; Stripe refuses unknown ones with a 400
+/// that it does not save under the idempotency key.
+fn is_payment_intent_param(name: &str) -> bool {
+    [
+        "amount",
+        "currency",
+        "confirm",
+        "payment_method",
+        "description",
+        "customer",
+        "capture_method",
+        "receipt_email",
+        "metadata",
+        "automatic_payment_methods",
+        "amount_details",
+    ]
+    .contains(&name)
 }

@@ -10,9 +10,11 @@
 mod sqlite;
 
 use async_trait::async_trait;
+use http::Method;
 use time::{Date, OffsetDateTime};
-use vault_key_wire::{ErrorCode, KeyStatus, Usd};
+use vault_key_wire::{EndpointPattern, ErrorCode, KeyStatus, Usd};
 
+use crate::meter::{IdempotencyClaim, ObjectRef, Settlement};
 use crate::token::TokenHash;
 
 pub use sqlite::{SqliteStore, SyncMode};
@@ -35,10 +37,10 @@ pub struct KeyRecord {
     pub vendor: String,
     /// Daily cap.
     pub daily_cap: Usd,
-    /// Endpoint patterns, validated at issue.
-    pub allowed_endpoints: Vec<String>,
+    /// Endpoint patterns, parsed when the key is read.
+    pub allowed_endpoints: Vec<EndpointPattern>,
     /// Allowed methods, when restricted.
-    pub allowed_methods: Option<Vec<String>>,
+    pub allowed_methods: Option<Vec<Method>>,
     /// Issue time.
     pub created_at: OffsetDateTime,
     /// Expiry.
@@ -115,15 +117,11 @@ pub struct NewCall {
     pub max_cost: Usd,
     /// A vendor idempotency key: a replay of a call that may have cost money is not reserved again.
     pub idempotency: Option<IdempotencyClaim>,
-}
-
-/// A vendor idempotency key and what the call it names must look like to count as a replay.
-#[derive(Debug, Clone)]
-pub struct IdempotencyClaim {
-    /// The `Idempotency-Key` header value.
-    pub key: String,
-    /// Method, path and cost: a different request under the same key is not a replay.
-    pub fingerprint: String,
+    /// An object the call makes charge, which the key must have created.
+    pub acts_on: Option<ObjectRef>,
+    /// Until when the call counts as in flight (a replay of its idempotency key meanwhile is
+    /// refused); past it, an unsettled call's outcome is unknown and its reservation stays.
+    pub in_flight_until: OffsetDateTime,
 }
 
 /// The result of [`Store::open_call`].
@@ -138,6 +136,14 @@ pub enum OpenedCall {
     },
     /// Reserving would exceed the cap; nothing was written.
     CapExhausted(DaySpend),
+    /// The key was revoked before the reservation; nothing was written.
+    KeyRevoked,
+    /// The key expired before the reservation; nothing was written.
+    KeyExpired,
+    /// The call acts on an object the key did not create (or in another currency).
+    NotOwned,
+    /// An earlier call under the same idempotency key is still in flight.
+    IdempotencyInFlight,
 }
 
 /// A call the proxy refused, for the audit trail.
@@ -225,13 +231,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
     /// Reserves a call's maximum cost against the cap and records it, atomically and durably.
     async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError>;
-    /// Settles an opened call to its actual cost, once; later calls for the same id do nothing.
+    /// Settles an opened call to its actual cost (recording the object it created), once; later
+    /// calls for the same id do nothing.
     async fn settle_call(
         &self,
         call_id: i64,
-        cost: Usd,
+        settlement: &Settlement,
         upstream_status: Option<u16>,
     ) -> Result<(), StoreError>;
+    /// Ends an opened call whose outcome is unknown: its reservation stays, and it no longer
+    /// counts as in flight.
+    async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError>;
     /// Records a zero-cost call that was forwarded without a reservation.
     async fn record_free_call(
         &self,

@@ -23,6 +23,7 @@ use super::{
     utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall,
     Revoked, Store, StoreError,
 };
+use crate::meter::Settlement;
 use crate::token::TokenHash;
 
 /// How hard a commit works to be durable.
@@ -157,9 +158,19 @@ fn key_from_row(row: &SqliteRow) -> Result<(i64, KeyRecord, DaySpend), StoreErro
         daily_cap: usd(row.try_get("daily_cap_micros")?),
         allowed_endpoints: serde_json::from_str(&endpoints).map_err(decode_err)?,
         allowed_methods: methods
-            .map(|m| serde_json::from_str(&m))
+            .map(|m| serde_json::from_str::<Vec<String>>(&m))
             .transpose()
-            .map_err(decode_err)?,
+            .map_err(decode_err)?
+            .map(|methods| {
+                methods
+                    .iter()
+                    .map(|m| {
+                        http::Method::from_bytes(m.as_bytes())
+                            .map_err(|_| StoreError(sqlx::Error::Decode("bad method".into())))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?,
         created_at: from_ms(row.try_get("created_ms")?),
         expires_at: from_ms(row.try_get("expires_ms")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_ms")?.map(from_ms),
@@ -208,7 +219,11 @@ impl Store for SqliteStore {
         .bind(
             key.allowed_methods
                 .as_ref()
-                .map(serde_json::to_string)
+                .map(|methods| {
+                    serde_json::to_string(
+                        &methods.iter().map(http::Method::as_str).collect::<Vec<_>>(),
+                    )
+                })
                 .transpose()
                 .map_err(decode_err)?,
         )
@@ -321,13 +336,42 @@ impl Store for SqliteStore {
         let day = utc_day(call.at).to_string();
         let at_ms = to_ms(call.at);
         let mut tx = self.writer.begin().await?;
+        // The key's state is read inside the transaction that reserves: nothing can revoke it
+        // between this check and the money moving.
+        let state: Option<(Option<i64>, i64)> =
+            sqlx::query_as("SELECT revoked_ms, expires_ms FROM keys WHERE id = ?")
+                .bind(&call.key_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match state {
+            Some((Some(_), _)) | None => return Ok(OpenedCall::KeyRevoked),
+            Some((None, expires_ms)) if at_ms >= expires_ms => return Ok(OpenedCall::KeyExpired),
+            Some(_) => {}
+        }
+        if let Some(object) = &call.acts_on {
+            let owned: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM owned_objects WHERE key_id = ?1 AND object_id = ?2 \
+                 AND (?3 IS NULL OR currency = ?3)",
+            )
+            .bind(&call.key_id)
+            .bind(&object.id)
+            .bind(object.currency.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if owned.is_none() {
+                return Ok(OpenedCall::NotOwned);
+            }
+        }
         let mut reserve = call.max_cost;
         if let Some(claim) = &call.idempotency {
-            // The latest reserving call under this key. If it may have cost money (settled above
-            // zero, or outcome unknown), the vendor will replay its result rather than act again.
-            let earlier: Option<Option<i64>> = sqlx::query_scalar(
-                "SELECT settled_micros FROM calls WHERE key_id = ? AND idempotency_key = ? \
-                 AND fingerprint = ? AND at_ms > ? ORDER BY id DESC LIMIT 1",
+            // The latest reserving call under this key. While it is in flight its outcome is open
+            // (a 4xx would make a replay execute anew): refuse. Once it may have cost money
+            // (settled above zero, or outcome unknown with its reservation kept), the vendor will
+            // replay its result rather than act again: reserve nothing more.
+            let earlier: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+                "SELECT settled_micros, in_flight_until_ms FROM calls WHERE key_id = ? \
+                 AND idempotency_key = ? AND fingerprint = ? AND at_ms > ? \
+                 ORDER BY id DESC LIMIT 1",
             )
             .bind(&call.key_id)
             .bind(&claim.key)
@@ -335,8 +379,13 @@ impl Store for SqliteStore {
             .bind(at_ms - IDEMPOTENCY_WINDOW_MS)
             .fetch_optional(&mut *tx)
             .await?;
-            if matches!(earlier, Some(None)) || matches!(earlier, Some(Some(s)) if s > 0) {
-                reserve = Usd::ZERO;
+            match earlier {
+                Some((None, Some(until))) if until > at_ms => {
+                    return Ok(OpenedCall::IdempotencyInFlight)
+                }
+                Some((None, _)) => reserve = Usd::ZERO,
+                Some((Some(settled), _)) if settled > 0 => reserve = Usd::ZERO,
+                _ => {}
             }
         }
         if !reserve.is_zero() {
@@ -366,7 +415,8 @@ impl Store for SqliteStore {
         let claim = call.idempotency.as_ref().filter(|_| !reserve.is_zero());
         let call_id: i64 = sqlx::query_scalar(
             "INSERT INTO calls (key_id, day, at_ms, method, path, reserved_micros, \
-             idempotency_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             idempotency_key, fingerprint, in_flight_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING id",
         )
         .bind(&call.key_id)
         .bind(&day)
@@ -376,6 +426,7 @@ impl Store for SqliteStore {
         .bind(micros(reserve))
         .bind(claim.map(|c| c.key.as_str()))
         .bind(claim.map(|c| c.fingerprint.as_str()))
+        .bind(to_ms(call.in_flight_until))
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
@@ -392,9 +443,10 @@ impl Store for SqliteStore {
     async fn settle_call(
         &self,
         call_id: i64,
-        cost: Usd,
+        settlement: &Settlement,
         upstream_status: Option<u16>,
     ) -> Result<(), StoreError> {
+        let cost = settlement.cost;
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query(
             "SELECT key_id, day, reserved_micros FROM calls WHERE id = ? AND settled_micros IS NULL",
@@ -409,12 +461,26 @@ impl Store for SqliteStore {
         let key_id: String = row.try_get(0)?;
         let day: String = row.try_get(1)?;
         let reserved: i64 = row.try_get(2)?;
-        sqlx::query("UPDATE calls SET settled_micros = ?, upstream_status = ? WHERE id = ?")
-            .bind(micros(cost))
-            .bind(upstream_status.map(i64::from))
-            .bind(call_id)
+        sqlx::query(
+            "UPDATE calls SET settled_micros = ?, upstream_status = ?, in_flight_until_ms = NULL \
+             WHERE id = ?",
+        )
+        .bind(micros(cost))
+        .bind(upstream_status.map(i64::from))
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(object) = &settlement.created {
+            sqlx::query(
+                "INSERT INTO owned_objects (key_id, object_id, currency) VALUES (?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&key_id)
+            .bind(&object.id)
+            .bind(object.currency.as_deref())
             .execute(&mut *tx)
             .await?;
+        }
         if reserved != 0 || !cost.is_zero() {
             sqlx::query("INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING")
                 .bind(&key_id)
@@ -433,6 +499,14 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET in_flight_until_ms = NULL WHERE id = ?")
+            .bind(call_id)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 

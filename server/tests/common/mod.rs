@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vault_key_server::meter::Meter;
-use vault_key_server::vendor::{rest_methods, Upstream, Vendor, VendorAuth};
+use vault_key_server::vendor::{rest_methods, ErrorEnvelope, Upstream, Vendor, VendorAuth};
 use vault_key_server::{Server, ServerConfig};
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
@@ -34,6 +34,8 @@ pub fn generic_vendor(name: &str, base_url: &str, cost_micros: u64) -> Vendor {
         auth: VendorAuth::Bearer,
         meter: Meter::Flat(vault_key_wire::Usd::from_micros(cost_micros)),
         methods: rest_methods(),
+        free_routes: Vec::new(),
+        envelope: ErrorEnvelope::Plain,
     }
 }
 
