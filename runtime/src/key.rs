@@ -58,7 +58,7 @@ impl std::fmt::Debug for VaultKey {
             .field("vendor", &self.vendor)
             .field("expires_at", &self.expires_at)
             .field("token", &"[redacted]")
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -467,6 +467,37 @@ async fn http2_clients_are_served() {
         .await
         .unwrap();
     assert_eq!(path_trick.status(), 400);
+
+    // An HTTP/2 stream may end long after its headers, with no length announced: the key is
+    // checked again once the body is in.
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let body = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let late = tokio::spawn(
+        h2.post(format!("{}/stripe/v1/customers", server.url()))
+            .bearer_auth(token(&key))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(revoke(&server, &key).await, 204);
+    body_tx
+        .send(Ok(bytes::Bytes::from_static(b"email=late%40example.com")))
+        .await
+        .unwrap();
+    drop(body_tx);
+    let late = late.await.unwrap().unwrap();
+    assert_eq!(late.status(), 401);
+    let late: Value = late.json().await.unwrap();
+    assert_eq!(late["code"], "key_revoked");
+    assert!(server
+        .sandbox()
+        .unwrap()
+        .received()
+        .iter()
+        .all(|r| r.path != "/stripe/v1/customers" || r.method != "POST"));
 }
 
 #[tokio::test]

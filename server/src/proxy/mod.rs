@@ -104,7 +104,9 @@ async fn proxy(
     policy::check_route(&key, &parts.method, path)?;
     read::refuse_tokens_elsewhere(&parts.headers, &vendor.vendor.auth)?;
 
-    let waited_for_body = read::announces_body(&parts.headers);
+    // A body that is not known to be empty at the head may take its time to arrive (an HTTP/2
+    // stream can end long after its headers), and the key's state may change meanwhile.
+    let waited_for_body = !axum::body::HttpBody::is_end_stream(&body);
     let request = ForwardRequest {
         method: parts.method.clone(),
         path: path.to_owned(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::{HeaderName, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, AUTHORIZATION, CONNECTION, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Method, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -165,14 +165,6 @@ pub fn refuse_tokens_elsewhere(headers: &HeaderMap, auth: &VendorAuth) -> Result
         )));
     }
     Ok(())
-}
-
-/// Whether the request announces a body (so reading it may have taken time).
-pub fn announces_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() != b"0")
 }
 
 /// The whole body, read under a size limit and a deadline: a `Content-Length` over the limit is
