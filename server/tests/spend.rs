@@ -236,6 +236,10 @@ async fn the_audit_trail_records_reservations_settlements_and_refusals() {
         .find(|e| e["denied"] == "cap_exhausted")
         .expect("the refusal");
     assert_eq!(refused["upstream_status"], Value::Null);
+    assert_eq!(
+        refused["path"], charged["path"],
+        "forwarded and refused calls record the same path form"
+    );
     let read = events
         .iter()
         .find(|e| e["method"] == "GET")

@@ -49,12 +49,16 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
     let code = refusal.code();
     app.metrics.denied(code);
     tracing::info!(key_id = key_id.as_deref().unwrap_or("-"), method = %parts.method, code = %code, "proxied call refused");
+    let target = read::check_target(&parts, app.max_header_bytes).ok();
     if let Some(key_id) = key_id {
+        // The same path form as a forwarded call's event: the upstream path, without `/{vendor}`
+        // (a key is known only once the target passed its checks).
+        let path = target.map_or(parts.uri.path(), |(_, upstream_path)| upstream_path);
         let denial = DeniedCall {
             key_id,
             at: arrived,
             method: parts.method.to_string(),
-            path: parts.uri.path().chars().take(MAX_AUDIT_PATH).collect(),
+            path: path.chars().take(MAX_AUDIT_PATH).collect(),
             code,
         };
         let store = Arc::clone(&app.store);
@@ -65,8 +69,7 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
             }
         });
     }
-    let envelope = read::check_target(&parts, app.max_header_bytes)
-        .ok()
+    let envelope = target
         .and_then(|(vendor, _)| app.vendors.get(vendor))
         .map_or(ErrorEnvelope::Plain, |v| v.vendor.envelope);
     refusal.into_response(envelope)
