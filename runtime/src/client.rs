@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
-use vault_key_wire::{ErrorBody, IssuedKey};
+use vault_key_wire::{parse_duration, ErrorBody, IssuedKey, ServerInfo};
 
 use crate::key::VaultKey;
 use crate::revoke;
@@ -223,6 +223,46 @@ impl Client {
         Ok(VaultKey::new(self.clone(), issued))
     }
 
+    /// What the server serves: its vendors (and where each one's token goes), its longest key
+    /// lifetime and its version (`GET /v1/info`, no authentication).
+    pub async fn info(&self) -> Result<ServerInfo, Error> {
+        let response = self
+            .inner
+            .http
+            .get(endpoint(&self.inner.api_url, &["v1", "info"]))
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(e.without_url().to_string()))?;
+        if !response.status().is_success() {
+            return Err(Error::Unavailable(format!(
+                "GET /v1/info answered HTTP {}",
+                response.status()
+            )));
+        }
+        response.json().await.map_err(|e| {
+            Error::Unavailable(format!("GET /v1/info answered an unexpected body: {e}"))
+        })
+    }
+
+    /// Checks a spec against what this server allows — a vendor it serves, a lifetime within its
+    /// limit, methods that vendor uses — so that a key that can never be issued is found once at
+    /// start-up rather than at the first call.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), vault_key::Error> {
+    /// use vault_key::{Client, KeySpec};
+    ///
+    /// let client = Client::from_env()?;
+    /// let spec = KeySpec::new("stripe").cap_usd(500).endpoints(["/v1/payment_intents"]);
+    /// client.check(&spec).await?; // Err(InvalidSpec("… serves no vendor `strpe` …")) on a typo
+    /// # Ok(()) }
+    /// ```
+    pub async fn check(&self, spec: &KeySpec) -> Result<(), Error> {
+        spec.validate()?;
+        let info = self.info().await?;
+        check_against(spec, &info)
+    }
+
     /// Waits until every key issued by this client (or its clones) and dropped so far has been
     /// revoked on the server (or given up on: see [`crate::flush`]).
     pub async fn flush(&self) {
@@ -250,6 +290,41 @@ impl Client {
     pub(crate) fn pending(&self) -> &revoke::PendingCount {
         &self.inner.pending
     }
+}
+
+/// The server-dependent half of [`Client::check`].
+fn check_against(spec: &KeySpec, info: &ServerInfo) -> Result<(), Error> {
+    let Some(vendor) = info.vendors.iter().find(|v| v.name == spec.vendor()) else {
+        let served: Vec<&str> = info.vendors.iter().map(|v| v.name.as_str()).collect();
+        return Err(Error::InvalidSpec(format!(
+            "the server serves no vendor `{}`; it serves: {}",
+            spec.vendor(),
+            served.join(", ")
+        )));
+    };
+    let max_ttl = parse_duration(&info.max_key_ttl).map_err(|e| {
+        Error::Unavailable(format!("GET /v1/info gave an unreadable max_key_ttl: {e}"))
+    })?;
+    if spec.lifetime() > max_ttl {
+        return Err(Error::InvalidSpec(format!(
+            "a lifetime of {} is longer than the server allows ({})",
+            vault_key_wire::format_duration(spec.lifetime()),
+            info.max_key_ttl
+        )));
+    }
+    if let Some(method) = spec
+        .allowed_methods()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| !vendor.methods.contains(m))
+    {
+        return Err(Error::InvalidSpec(format!(
+            "{} does not use the method `{method}`; it uses: {}",
+            vendor.name,
+            vendor.methods.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 static DEFAULT: RwLock<Option<Client>> = RwLock::new(None);
@@ -335,6 +410,28 @@ mod tests {
             endpoint(&base, &["v1", "keys", "key_1"]).as_str(),
             "http://h/prefix/v1/keys/key_1"
         );
+    }
+
+    #[test]
+    fn specs_are_checked_against_what_the_server_serves() {
+        let info = ServerInfo {
+            version: "0.1.0".to_owned(),
+            max_key_ttl: "1h".to_owned(),
+            vendors: vec![vault_key_wire::VendorInfo {
+                name: "stripe".to_owned(),
+                token_placement: vault_key_wire::TokenPlacement::bearer(),
+                methods: vec!["GET".to_owned(), "POST".to_owned(), "DELETE".to_owned()],
+            }],
+        };
+        let spec = KeySpec::new("stripe").cap_usd(5).endpoints(["/v1/x"]);
+        check_against(&spec, &info).unwrap();
+        let typo = check_against(&KeySpec::new("strpe").cap_usd(5), &info).unwrap_err();
+        assert!(typo.to_string().contains("serves: stripe"), "{typo}");
+        let long = spec.clone().ttl(Duration::from_secs(7200));
+        let long = check_against(&long, &info).unwrap_err();
+        assert!(long.to_string().contains("(1h)"), "{long}");
+        let put = check_against(&spec.methods(["PUT"]), &info).unwrap_err();
+        assert!(put.to_string().contains("`PUT`"), "{put}");
     }
 
     #[test]

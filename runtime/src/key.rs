@@ -101,9 +101,10 @@ impl VaultKey {
         self.expires_at
     }
 
-    /// The base URL to give a vendor SDK: `<proxy>/<vendor>`.
+    /// The base URL to give a vendor SDK: `<proxy>/<vendor>/`, with the trailing slash that SDKs
+    /// join their paths onto (`…/stripe/` + `v1/payment_intents`).
     pub fn base_url(&self) -> Url {
-        endpoint(self.client.proxy_url(), &[&self.vendor])
+        endpoint(self.client.proxy_url(), &[&self.vendor, ""])
     }
 
     /// The proxy URL of a vendor path (`/v1/payment_intents`, optionally with a query).

@@ -58,6 +58,7 @@ pub use context::{current, scope};
 pub use error::{Error, Result};
 pub use key::{ResponseExt, VaultKey};
 pub use revoke::{flush, pending_revocations};
+pub use secrecy::ExposeSecret;
 pub use spec::KeySpec;
 pub use vault_key_wire::{ErrorCode, Usd};
 

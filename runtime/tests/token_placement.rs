@@ -45,6 +45,25 @@ async fn a_vendor_with_its_own_credential_header_is_reached_through_the_key() {
     });
     let server = Server::start(config).await.unwrap();
     let client = Client::new(server.url(), ADMIN).unwrap();
+    // The server tells where each vendor's token goes, and what a spec may ask for.
+    let info = client.info().await.unwrap();
+    let acme_info = info.vendors.iter().find(|v| v.name == "acme").unwrap();
+    assert_eq!(acme_info.token_placement.header, "x-acme-key");
+    assert_eq!(acme_info.token_placement.prefix, "");
+    assert_eq!(info.max_key_ttl, "1d");
+    let spec = KeySpec::new("acme").cap_usd(1).endpoints(["/v1/things"]);
+    client.check(&spec).await.unwrap();
+    let too_long = spec.clone().ttl(std::time::Duration::from_secs(48 * 3600));
+    assert!(matches!(
+        client.check(&too_long).await,
+        Err(vault_key::Error::InvalidSpec(_))
+    ));
+    assert!(matches!(
+        client
+            .check(&KeySpec::new("acmee").cap_usd(1).endpoints(["/v1/x"]))
+            .await,
+        Err(vault_key::Error::InvalidSpec(_))
+    ));
     let key = client
         .issue(&KeySpec::new("acme").cap_usd(1).endpoints(["/v1/things"]))
         .await

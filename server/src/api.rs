@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use vault_key_wire::{
     parse_duration, EndpointPattern, ErrorCode, Event, EventPage, IssuedKey, KeyPage, KeyStatus,
-    KeyView, RevokedCount, Usd,
+    KeyView, RevokedCount, ServerInfo, Usd, VendorInfo,
 };
 
 use crate::app::App;
@@ -37,6 +37,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/keys/revoke", post(revoke_by_label_prefix))
         .route("/v1/keys/{id}", get(get_key).delete(revoke_key))
         .route("/v1/keys/{id}/events", get(key_events))
+        .route("/v1/info", get(info))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(method_not_allowed)
@@ -486,6 +487,22 @@ async fn key_events(
         })
         .collect();
     Ok(Json(EventPage { events }))
+}
+
+async fn info(State(app): State<Arc<App>>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        max_key_ttl: vault_key_wire::format_duration(app.max_key_ttl),
+        vendors: app
+            .vendors
+            .values()
+            .map(|v| VendorInfo {
+                name: v.vendor.name.clone(),
+                token_placement: v.vendor.auth.placement(),
+                methods: v.vendor.methods.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+    })
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {

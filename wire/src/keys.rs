@@ -203,3 +203,26 @@ pub struct EventPage {
     /// Oldest first.
     pub events: Vec<Event>,
 }
+
+/// `GET /v1/info` (no authentication): what a client needs to check a key spec once, at start-up,
+/// instead of finding out at the first call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The server's version.
+    pub version: String,
+    /// The longest `expires_in` a key may ask for, as a duration string (`"24h"`).
+    pub max_key_ttl: String,
+    /// The vendors this server proxies.
+    pub vendors: Vec<VendorInfo>,
+}
+
+/// One vendor of [`ServerInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VendorInfo {
+    /// The name keys are issued for and the proxy's first path segment.
+    pub name: String,
+    /// Where a vault token for this vendor goes.
+    pub token_placement: TokenPlacement,
+    /// The methods its API uses (and so the ones a key may be limited to).
+    pub methods: Vec<String>,
+}

@@ -27,7 +27,7 @@ pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ErrorBody, ErrorCode, ERROR_HEADER};
 pub use keys::{
     CreateKeyRequest, Event, EventPage, IssuedKey, KeyPage, KeyStatus, KeyView,
-    RevokeByLabelPrefix, RevokedCount, TokenPlacement,
+    RevokeByLabelPrefix, RevokedCount, ServerInfo, TokenPlacement, VendorInfo,
 };
 pub use money::{Usd, UsdError};
 pub use path::PathError;

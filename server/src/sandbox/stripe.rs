@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -60,6 +60,41 @@ enum Money {
 }
 
 type Params = BTreeMap<String, String>;
+
+/// A complete example of each object the sandbox creates, as Stripe's own mock serves them
+/// (`openapi/fixtures3.json` of the `stripe/openapi` repository, commit f6c2a48, with the fields
+/// of a freshly created object reset): what the SDKs' types expect to find.
+static TEMPLATES: LazyLock<Map<String, Value>> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("stripe_objects.json")).expect("the templates are JSON")
+});
+
+/// A new object of `kind` from its template.
+fn template(kind: &str) -> Map<String, Value> {
+    TEMPLATES
+        .get(kind)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Sets the object's scalar fields that `params` name, in the field's own JSON type; nested
+/// parameters (`metadata[…]`, …) and names the object does not have are left alone.
+fn overlay(object: &mut Map<String, Value>, params: &Params) {
+    for (name, text) in params {
+        let Some(field) = object.get_mut(name) else {
+            continue;
+        };
+        let value = match field {
+            Value::Number(_) => text
+                .parse::<u64>()
+                .map_or_else(|_| json!(text), |n| json!(n)),
+            Value::Bool(_) => json!(text == "true"),
+            Value::String(_) | Value::Null => json!(text),
+            Value::Array(_) | Value::Object(_) => continue,
+        };
+        *field = value;
+    }
+}
 type Answer = (StatusCode, Value);
 
 pub(super) struct StripeSandbox {
@@ -328,10 +363,8 @@ impl StripeSandbox {
                 ));
             }
         }
-        let mut fields: Map<String, Value> = params
-            .iter()
-            .map(|(name, value)| (name.clone(), json!(value)))
-            .collect();
+        let mut fields = template(object);
+        overlay(&mut fields, params);
         let id = self.new_id(prefix);
         fields.insert("id".to_owned(), json!(id));
         fields.insert("object".to_owned(), json!(object));
@@ -356,6 +389,8 @@ impl StripeSandbox {
                     Money::OnCreate => ledger.record(&currency, amount),
                     Money::OnConfirm => {
                         fields.insert("status".to_owned(), json!("requires_payment_method"));
+                        fields.insert("amount_received".to_owned(), json!(0));
+                        fields.insert("amount_capturable".to_owned(), json!(0));
                         if params.get("confirm").is_some_and(|v| v == "true") {
                             charge_intent(ledger, &mut fields, params)?;
                         }
@@ -364,6 +399,13 @@ impl StripeSandbox {
                         declined_unless_payable(params)?;
                         let captured = params.get("capture").is_none_or(|v| v != "false");
                         fields.insert("captured".to_owned(), json!(captured));
+                        fields.insert("paid".to_owned(), json!(true));
+                        fields.insert("status".to_owned(), json!("succeeded"));
+                        fields.insert("amount_refunded".to_owned(), json!(0));
+                        fields.insert(
+                            "amount_captured".to_owned(),
+                            json!(if captured { amount } else { 0 }),
+                        );
                         if captured {
                             ledger.record(&currency, amount);
                         }
@@ -477,9 +519,11 @@ fn charge_intent(
     let manual = intent.get("capture_method").and_then(Value::as_str) == Some("manual");
     if manual {
         intent.insert("status".to_owned(), json!("requires_capture"));
+        intent.insert("amount_capturable".to_owned(), json!(amount_of(intent)));
     } else {
         ledger.record(&currency_of(intent), amount_of(intent));
         intent.insert("status".to_owned(), json!("succeeded"));
+        intent.insert("amount_received".to_owned(), json!(amount_of(intent)));
     }
     Ok(())
 }
@@ -521,9 +565,14 @@ fn capture(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Ans
         ));
     }
     ledger.record(&currency_of(&object), amount);
-    object.insert("amount_received".to_owned(), json!(amount));
-    object.insert("status".to_owned(), json!("succeeded"));
-    object.insert("captured".to_owned(), json!(true));
+    if object.get("object").and_then(Value::as_str) == Some("payment_intent") {
+        object.insert("amount_received".to_owned(), json!(amount));
+        object.insert("amount_capturable".to_owned(), json!(0));
+        object.insert("status".to_owned(), json!("succeeded"));
+    } else {
+        object.insert("amount_captured".to_owned(), json!(amount));
+        object.insert("captured".to_owned(), json!(true));
+    }
     ledger.objects.insert(id.to_owned(), object.clone());
     Ok((StatusCode::OK, Value::Object(object)))
 }
@@ -597,9 +646,7 @@ fn update_intent(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answe
         ));
     }
     let amount = amount_param(params, "amount")?;
-    for (name, value) in params {
-        intent.insert(name.clone(), json!(value));
-    }
+    overlay(intent, params);
     if let Some(amount) = amount {
         intent.insert("amount".to_owned(), json!(amount));
     }
@@ -621,9 +668,7 @@ fn update_plain(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer
         ));
     }
     let object = ledger.object_mut(id)?;
-    for (name, value) in params {
-        object.insert(name.clone(), json!(value));
-    }
+    overlay(object, params);
     Ok((StatusCode::OK, Value::Object(object.clone())))
 }
 
