@@ -75,6 +75,14 @@ pub fn appears_in(bytes: &[u8]) -> bool {
         .any(|window| std::str::from_utf8(window).is_ok_and(is_well_formed))
 }
 
+/// Whether a vault token appears in a body as it is, or once its form encoding is decoded
+/// (`%76k_…`): either way it would reach the vendor as a token.
+pub fn appears_in_body(body: &[u8]) -> bool {
+    appears_in(body)
+        || form_urlencoded::parse(body)
+            .any(|(name, value)| appears_in(name.as_bytes()) || appears_in(value.as_bytes()))
+}
+
 /// A public id for a key: `key_` + 22 base62 characters (131 bits). Safe to log.
 pub fn generate_key_id() -> String {
     let mut id = String::from("key_");
@@ -132,6 +140,10 @@ mod tests {
         assert!(appears_in(token.as_bytes()));
         assert!(!appears_in(&token.as_bytes()[..TOKEN_LEN - 1]));
         assert!(!appears_in(b"/v1/customers/vk_short"));
+        let escaped = format!("description=%76k_{}", &token[3..]);
+        assert!(!appears_in(escaped.as_bytes()));
+        assert!(appears_in_body(escaped.as_bytes()));
+        assert!(!appears_in_body(b"description=plain"));
     }
 
     #[test]

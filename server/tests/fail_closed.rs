@@ -312,6 +312,143 @@ async fn confirm_capture_and_refund_act_only_on_objects_the_key_created() {
     assert_eq!(spent(&view(&server, &intruder).await), &json!(0));
 }
 
+#[tokio::test]
+async fn an_object_is_acted_on_only_as_the_kind_it_was_created() {
+    let server = start().await;
+    let key = issue(
+        &server,
+        json!({
+            "label": "kinds", "vendor": "stripe", "daily_usd_cap": 10, "expires_in": "5m",
+            "allowed_endpoints": ["/v1/**"],
+        }),
+    )
+    .await;
+    let t = token(&key);
+    let (_, charge) = stripe_form(
+        &server.url(),
+        t,
+        "/v1/charges",
+        "amount=400&currency=usd",
+        &[],
+    )
+    .await;
+    let (_, transfer) = stripe_form(
+        &server.url(),
+        t,
+        "/v1/transfers",
+        "amount=100&currency=usd",
+        &[],
+    )
+    .await;
+    assert_eq!(usd_moved(&server), 500);
+    for object in [&charge, &transfer] {
+        let confirm = format!(
+            "/v1/payment_intents/{}/confirm",
+            object["id"].as_str().unwrap()
+        );
+        let (status, body) = stripe_form(&server.url(), t, &confirm, "", &[]).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("unmeterable_request")),
+            "{body}"
+        );
+        let capture = format!(
+            "/v1/payment_intents/{}/capture",
+            object["id"].as_str().unwrap()
+        );
+        let (status, _) = stripe_form(&server.url(), t, &capture, "", &[]).await;
+        assert_eq!(status, 400);
+    }
+    // Overcapture would let a capture move more than the amount reserved at creation.
+    let (status, body) = stripe_form(
+        &server.url(),
+        t,
+        "/v1/payment_intents",
+        "amount=100&currency=usd&payment_method_options[card][request_overcapture]=if_available",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("unmeterable_request")),
+        "{body}"
+    );
+    assert!(server
+        .sandbox()
+        .unwrap()
+        .received()
+        .iter()
+        .all(|r| !r.path.ends_with("/confirm") && !r.path.ends_with("/capture")));
+    assert_eq!(usd_moved(&server), 500);
+    assert_eq!(spent(&view(&server, &key).await), &json!(5));
+}
+
+#[tokio::test]
+async fn a_vault_token_never_reaches_the_vendor_in_the_body_even_escaped() {
+    let server = start().await;
+    let key = stripe_key(&server, "escaped-token", 10.0).await;
+    let t = token(&key);
+    for body in [
+        format!("description={t}"),
+        format!("description=%76k_{}", &t[3..]),
+        format!("description=%76%6B%5F{}", &t[3..]),
+    ] {
+        let (status, answer) = stripe_form(&server.url(), t, "/v1/customers", &body, &[]).await;
+        assert_eq!(
+            (status, &answer["code"]),
+            (400, &json!("invalid_request")),
+            "{body}"
+        );
+    }
+    assert_eq!(server.sandbox().unwrap().received_count(), 0);
+}
+
+#[tokio::test]
+async fn another_keys_idempotency_key_gives_no_ownership_of_its_object() {
+    let server = start().await;
+    let all = |label: &str, cap: u32| {
+        json!({
+            "label": label, "vendor": "stripe", "daily_usd_cap": cap, "expires_in": "5m",
+            "allowed_endpoints": ["/v1/**"],
+        })
+    };
+    let a = issue(&server, all("a", 5)).await;
+    let b = issue(&server, all("b", 1)).await;
+    let idem = [("idempotency-key", "shared-k")];
+    let (status, intent) = stripe_form(
+        &server.url(),
+        token(&a),
+        "/v1/payment_intents",
+        "amount=400&currency=usd",
+        &idem,
+    )
+    .await;
+    assert_eq!(status, 200, "{intent}");
+    let (status, body) = stripe_form(
+        &server.url(),
+        token(&b),
+        "/v1/payment_intents",
+        "amount=1&currency=usd",
+        &idem,
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "Stripe refuses a key reused with other parameters: {body}"
+    );
+    let confirm = format!(
+        "/v1/payment_intents/{}/confirm",
+        intent["id"].as_str().unwrap()
+    );
+    let (status, body) = stripe_form(&server.url(), token(&b), &confirm, "", &[]).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("unmeterable_request")),
+        "{body}"
+    );
+    assert_eq!(usd_moved(&server), 0);
+}
+
 /// Opens a connection and sends a request's head, announcing a body of `length` bytes.
 async fn send_head(server: &Server, path: &str, token: &str, length: u128) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();

@@ -7,6 +7,7 @@ ALTER TABLE calls ADD COLUMN in_flight_until_ms INTEGER;
 CREATE TABLE owned_objects (
     key_id    TEXT NOT NULL REFERENCES keys (id),
     object_id TEXT NOT NULL,
+    kind      TEXT NOT NULL, -- the vendor's object type (`payment_intent`)
     currency  TEXT,
     PRIMARY KEY (key_id, object_id)
 );

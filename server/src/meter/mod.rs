@@ -30,10 +30,12 @@ pub struct ForwardRequest {
     pub body: bytes::Bytes,
 }
 
-/// A vendor object named by a call: the call is allowed only if this key created it (in this
-/// currency, when one is given).
+/// A vendor object named by a call: the call is allowed only if this key created it, of this
+/// kind (in this currency, when one is given).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
+    /// What it is, as the vendor names it (`payment_intent`).
+    pub kind: String,
     /// The vendor's object id (`pi_…`).
     pub id: String,
     /// The currency the object moves money in, lower-case; `None` when any will do.
@@ -50,9 +52,20 @@ pub struct Estimate {
     /// An existing object whose money this call moves, which must be one the key created (its
     /// amount was reserved then): confirming or capturing someone else's object is refused.
     pub acts_on: Option<ObjectRef>,
-    /// The call creates an object that moves money in this currency; its id is read from the
-    /// response so that later calls may act on it.
-    pub creates_in: Option<String>,
+    /// The object the call creates and pays for; its id is read from the response so that later
+    /// calls may act on it.
+    pub creates: Option<NewObject>,
+}
+
+/// An object a metered call creates, as the request states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewObject {
+    /// What it is, as the vendor names it (`payment_intent`).
+    pub kind: &'static str,
+    /// The amount paid for, in the currency's minor unit.
+    pub amount: u64,
+    /// Lower-case ISO code.
+    pub currency: String,
 }
 
 impl Estimate {
@@ -61,7 +74,7 @@ impl Estimate {
         max_cost: Usd::ZERO,
         idempotency: None,
         acts_on: None,
-        creates_in: None,
+        creates: None,
     };
 
     /// Whether the proxy must go through the store before forwarding (to reserve, or to check
@@ -73,7 +86,7 @@ impl Estimate {
     /// Whether settlement reads the response body (otherwise the status is enough and the body
     /// streams straight to the client).
     pub fn settles_on_body(&self) -> bool {
-        self.creates_in.is_some()
+        self.creates.is_some()
     }
 }
 

@@ -26,7 +26,9 @@ use http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use vault_key_wire::Usd;
 
-use super::{Estimate, ForwardRequest, IdempotencyClaim, ObjectRef, Settlement, Unmeterable};
+use super::{
+    Estimate, ForwardRequest, IdempotencyClaim, NewObject, ObjectRef, Settlement, Unmeterable,
+};
 
 /// Longest amount accepted, in digits. Stripe's own maximum is eight digits.
 const MAX_AMOUNT_DIGITS: usize = 12;
@@ -51,17 +53,17 @@ enum Route<'a> {
     Free,
     /// Cannot move money unless one of these fields is given (then refused).
     FreeWithout(&'static [&'static str]),
-    /// Creates an object that moves its `amount` in its `currency`.
-    Creates,
-    /// A refund of an object this key created: `amount` in that object's currency. The object is
-    /// named in the path, or in the body (`charge` or `payment_intent`) when `None`.
+    /// Creates an object of this kind that moves its `amount` in its `currency`.
+    Creates(&'static str),
+    /// A refund of an object this key created: `amount` in that object's currency. The charge is
+    /// named in the path, or the charge or intent in the body (`charge`, `payment_intent`).
     Refund(Option<&'a str>),
     /// `POST /v1/payment_intents/{id}`: metered at a new `amount`; other money fields refused.
     PaymentIntentUpdate,
     /// Confirms an intent this key created; `amount_to_confirm`, when given, is metered too.
     Confirm(&'a str),
-    /// Captures an object this key created (its amount was reserved when it was created).
-    Capture(&'a str),
+    /// Captures an object of this kind that this key created (its amount was reserved then).
+    Capture(&'static str, &'a str),
     /// Known to move money that the request does not state.
     MovesUnstatedMoney,
     /// Not a route the meter knows.
@@ -118,12 +120,17 @@ fn classify<'a>(method: &Method, segments: &[&'a str]) -> Route<'a> {
         return Unknown;
     }
     match rest {
-        ["payment_intents" | "charges" | "transfers" | "payouts" | "topups"] => Creates,
+        ["payment_intents"] => Creates("payment_intent"),
+        ["charges"] => Creates("charge"),
+        ["transfers"] => Creates("transfer"),
+        ["payouts"] => Creates("payout"),
+        ["topups"] => Creates("topup"),
         ["refunds"] => Refund(None),
         ["charges", id, "refund" | "refunds"] => Refund(Some(id)),
         ["payment_intents", _] => PaymentIntentUpdate,
         ["payment_intents", id, "confirm"] => Confirm(id),
-        ["payment_intents" | "charges", id, "capture"] => Capture(id),
+        ["payment_intents", id, "capture"] => Capture("payment_intent", id),
+        ["charges", id, "capture"] => Capture("charge", id),
         ["customers"] | ["customers", _] => FreeWithout(&["balance", "cash_balance"]),
         ["customers", _, "sources"]
         | ["customers", _, "sources", _]
@@ -239,20 +246,26 @@ impl StripeMeter {
                     }
                     Estimate::FREE
                 }
-                Route::Creates => {
-                    let (cost, currency) = self.required_amount(&form, "amount", &route_name)?;
+                Route::Creates(kind) => {
+                    refuse_amount_widening(&form)?;
+                    let amount = self.required_amount(&form, "amount", &route_name)?;
                     Estimate {
-                        max_cost: cost,
-                        creates_in: Some(currency),
+                        max_cost: amount.usd,
+                        creates: Some(NewObject {
+                            kind,
+                            amount: amount.minor,
+                            currency: amount.currency,
+                        }),
                         ..Estimate::FREE
                     }
                 }
                 Route::Refund(parent) => {
-                    let (cost, currency) = self.required_amount(&form, "amount", &route_name)?;
-                    let parent = match parent {
-                        Some(id) => id.to_owned(),
+                    let amount = self.required_amount(&form, "amount", &route_name)?;
+                    let (kind, parent) = match parent {
+                        Some(id) => ("charge", id.to_owned()),
                         None => match (form.single("charge")?, form.single("payment_intent")?) {
-                            (Some(id), None) | (None, Some(id)) => id.into_owned(),
+                            (Some(id), None) => ("charge", id.into_owned()),
+                            (None, Some(id)) => ("payment_intent", id.into_owned()),
                             _ => return Err(Unmeterable::Refused(
                                 "a refund must name exactly one of `charge` and `payment_intent`"
                                     .to_owned(),
@@ -260,10 +273,11 @@ impl StripeMeter {
                         },
                     };
                     Estimate {
-                        max_cost: cost,
+                        max_cost: amount.usd,
                         acts_on: Some(ObjectRef {
+                            kind: kind.to_owned(),
                             id: parent,
-                            currency: Some(currency),
+                            currency: Some(amount.currency),
                         }),
                         ..Estimate::FREE
                     }
@@ -279,9 +293,10 @@ impl StripeMeter {
                          vault-key cannot cap it"
                     )));
                     }
+                    refuse_amount_widening(&form)?;
                     match self.optional_amount(&form, "amount")? {
-                        Some((cost, _)) => Estimate {
-                            max_cost: cost,
+                        Some(amount) => Estimate {
+                            max_cost: amount.usd,
                             ..Estimate::FREE
                         },
                         None if form.mentions("currency") => return Err(Unmeterable::Refused(
@@ -292,18 +307,23 @@ impl StripeMeter {
                         None => Estimate::FREE,
                     }
                 }
-                Route::Confirm(id) => Estimate {
-                    max_cost: self
-                        .optional_amount(&form, "amount_to_confirm")?
-                        .map_or(Usd::ZERO, |(cost, _)| cost),
+                Route::Confirm(id) => {
+                    refuse_amount_widening(&form)?;
+                    Estimate {
+                        max_cost: self
+                            .optional_amount(&form, "amount_to_confirm")?
+                            .map_or(Usd::ZERO, |amount| amount.usd),
+                        acts_on: Some(ObjectRef {
+                            kind: "payment_intent".to_owned(),
+                            id: id.to_owned(),
+                            currency: None,
+                        }),
+                        ..Estimate::FREE
+                    }
+                }
+                Route::Capture(kind, id) => Estimate {
                     acts_on: Some(ObjectRef {
-                        id: id.to_owned(),
-                        currency: None,
-                    }),
-                    ..Estimate::FREE
-                },
-                Route::Capture(id) => Estimate {
-                    acts_on: Some(ObjectRef {
+                        kind: kind.to_owned(),
                         id: id.to_owned(),
                         currency: None,
                     }),
@@ -331,11 +351,22 @@ impl StripeMeter {
                 created: None,
             };
         }
-        let created = estimate.creates_in.as_ref().and_then(|currency| {
+        // The object becomes the key's only if it is the one that was paid for: of the kind, amount
+        // and currency reserved (an idempotent replay of someone else's request may answer with
+        // another object).
+        let created = estimate.creates.as_ref().and_then(|new| {
             let object: serde_json::Value = serde_json::from_slice(body).ok()?;
-            Some(ObjectRef {
-                id: object.get("id")?.as_str()?.to_owned(),
-                currency: Some(currency.clone()),
+            let matches = object.get("object")?.as_str()? == new.kind
+                && object.get("amount")?.as_u64()? == new.amount
+                && object
+                    .get("currency")?
+                    .as_str()?
+                    .eq_ignore_ascii_case(&new.currency);
+            let id = object.get("id")?.as_str()?;
+            matches.then(|| ObjectRef {
+                kind: new.kind.to_owned(),
+                id: id.to_owned(),
+                currency: Some(new.currency.clone()),
             })
         });
         Settlement {
@@ -344,13 +375,13 @@ impl StripeMeter {
         }
     }
 
-    /// `field` and `currency`, both required, as a cost in USD and the currency.
+    /// `field` and `currency`, both required.
     fn required_amount(
         &self,
         form: &Form<'_>,
         field: &str,
         route_name: &dyn Fn() -> String,
-    ) -> Result<(Usd, String), Unmeterable> {
+    ) -> Result<Amount, Unmeterable> {
         self.optional_amount(form, field)?.ok_or_else(|| {
             Unmeterable::Refused(format!(
                 "{} moves money but the body has no `{field}`",
@@ -359,12 +390,8 @@ impl StripeMeter {
         })
     }
 
-    /// `field` (when present, with a required `currency`) as a cost in USD and the currency.
-    fn optional_amount(
-        &self,
-        form: &Form<'_>,
-        field: &str,
-    ) -> Result<Option<(Usd, String)>, Unmeterable> {
+    /// `field` (when present, with a required `currency`).
+    fn optional_amount(&self, form: &Form<'_>, field: &str) -> Result<Option<Amount>, Unmeterable> {
         let Some(amount) = form.single(field)? else {
             return Ok(None);
         };
@@ -377,7 +404,11 @@ impl StripeMeter {
                 ))
             })?
             .to_ascii_lowercase();
-        Ok(Some((self.to_usd(amount, &currency)?, currency)))
+        Ok(Some(Amount {
+            usd: self.to_usd(amount, &currency)?,
+            minor: amount,
+            currency,
+        }))
     }
 
     fn to_usd(&self, amount: u64, currency: &str) -> Result<Usd, Unmeterable> {
@@ -395,6 +426,30 @@ impl StripeMeter {
                 .unwrap_or(u64::MAX)
                 .min(Usd::MAX.micros() + 1),
         ))
+    }
+}
+
+/// An amount a request states, and what it is worth.
+struct Amount {
+    /// In the currency's minor unit.
+    minor: u64,
+    /// Lower-case ISO code.
+    currency: String,
+    /// In US dollars, rounded up.
+    usd: Usd,
+}
+
+/// Options that let a payment be captured or incremented beyond the amount it states (card
+/// overcapture, incremental authorisation): the amount reserved would no longer bound it.
+fn refuse_amount_widening(form: &Form<'_>) -> Result<(), Unmeterable> {
+    match form
+        .names()
+        .find(|name| name.contains("overcapture") || name.contains("incremental_authorization"))
+    {
+        Some(name) => Err(Unmeterable::Refused(format!(
+            "`{name}` lets the payment move more than its amount; vault-key cannot cap it"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -602,7 +657,14 @@ mod tests {
         assert_eq!(cost("/v1/payouts", "amount=%31%30&currency=usd"), 100_000);
         assert_eq!(cost("/v1/payment_intents", "amount=0&currency=usd"), 0);
         let created = estimate("/v1/charges", "amount=5&currency=eur").unwrap();
-        assert_eq!(created.creates_in.as_deref(), Some("eur"));
+        assert_eq!(
+            created.creates,
+            Some(NewObject {
+                kind: "charge",
+                amount: 5,
+                currency: "eur".to_owned()
+            })
+        );
     }
 
     #[test]
@@ -670,6 +732,7 @@ mod tests {
         assert_eq!(
             refund.acts_on,
             Some(ObjectRef {
+                kind: "charge".to_owned(),
                 id: "ch_1".to_owned(),
                 currency: Some("usd".to_owned())
             })
@@ -783,6 +846,56 @@ mod tests {
         ));
         let delete = meter().estimate(&request(Method::DELETE, "/v1/subscriptions/sub_1", ""));
         assert!(matches!(delete, Err(Unmeterable::Refused(_))));
+    }
+
+    #[test]
+    fn an_object_is_owned_only_if_the_answer_is_the_object_paid_for() {
+        let created = estimate("/v1/payment_intents", "amount=400&currency=usd").unwrap();
+        let settle = |body: &str| {
+            meter()
+                .settle(
+                    &created,
+                    Usd::from_micros(4_000_000),
+                    StatusCode::OK,
+                    body.as_bytes(),
+                )
+                .created
+        };
+        let owned = settle(
+            r#"{"id": "pi_1", "object": "payment_intent", "amount": 400, "currency": "usd"}"#,
+        );
+        assert_eq!(owned.unwrap().id, "pi_1");
+        for other in [
+            r#"{"id": "pi_1", "object": "payment_intent", "amount": 40000, "currency": "usd"}"#,
+            r#"{"id": "pi_1", "object": "payment_intent", "amount": 400, "currency": "eur"}"#,
+            r#"{"id": "ch_1", "object": "charge", "amount": 400, "currency": "usd"}"#,
+            "not json",
+        ] {
+            assert_eq!(settle(other), None, "{other}");
+        }
+        let refused = meter().settle(
+            &created,
+            Usd::from_micros(4_000_000),
+            StatusCode::PAYMENT_REQUIRED,
+            b"{}",
+        );
+        assert_eq!(refused.cost, Usd::ZERO);
+    }
+
+    #[test]
+    fn options_that_widen_an_amount_are_refused() {
+        for (path, body) in [
+            (
+                "/v1/payment_intents",
+                "amount=1&currency=usd&payment_method_options[card][request_overcapture]=if_available",
+            ),
+            (
+                "/v1/payment_intents/pi_1/confirm",
+                "payment_method_options[card][request_incremental_authorization]=if_available",
+            ),
+        ] {
+            assert!(estimate(path, body).is_err(), "{body}");
+        }
     }
 
     #[test]

@@ -117,7 +117,7 @@ async fn proxy(
         headers: read::upstream_headers(&parts.headers, &vendor.vendor.auth),
         body: read::body(body, &parts.headers, app.max_body_bytes, app.body_timeout).await?,
     };
-    if token::appears_in(&request.body) {
+    if token::appears_in_body(&request.body) {
         return Err(Refusal::InvalidRequest(
             "the body contains a vault token; it may travel only in the vendor's credential \
              header"

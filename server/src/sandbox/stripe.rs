@@ -77,10 +77,31 @@ fn template(kind: &str) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// Fields only the sandbox's own logic sets (Stripe refuses them as parameters).
+const PROTECTED_FIELDS: &[&str] = &[
+    "id",
+    "object",
+    "livemode",
+    "created",
+    "status",
+    "amount",
+    "amount_capturable",
+    "amount_received",
+    "amount_captured",
+    "amount_refunded",
+    "currency",
+    "captured",
+    "paid",
+    "refunded",
+];
+
 /// Sets the object's scalar fields that `params` name, in the field's own JSON type; nested
 /// parameters (`metadata[…]`, …) and names the object does not have are left alone.
 fn overlay(object: &mut Map<String, Value>, params: &Params) {
     for (name, text) in params {
+        if PROTECTED_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
         let Some(field) = object.get_mut(name) else {
             continue;
         };
@@ -106,8 +127,8 @@ pub(super) struct StripeSandbox {
 #[derive(Default)]
 struct Ledger {
     objects: HashMap<String, Map<String, Value>>,
-    /// Idempotency key → the answer given the first time.
-    answered: HashMap<String, Answer>,
+    /// Idempotency key → the request it was first used with, and the answer given then.
+    answered: HashMap<String, (String, Answer)>,
     /// Money moved, per currency, in minor units.
     moved: BTreeMap<String, u64>,
 }
@@ -289,8 +310,21 @@ impl StripeSandbox {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut ledger = self.lock();
+        // Stripe replays a key's first answer only to the same request; another request under
+        // the same key is an error, and acts on nothing.
+        let request = format!("{method} {path} {params:?}");
         if let Some(key) = &idempotency_key {
-            if let Some((status, value)) = ledger.answered.get(key) {
+            if let Some((first, (status, value))) = ledger.answered.get(key) {
+                if *first != request {
+                    let (status, value) = error(
+                        StatusCode::BAD_REQUEST,
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same parameters \
+                         they were first used with.",
+                        None,
+                    );
+                    return (status, value, false);
+                }
                 return (*status, value.clone(), true);
             }
         }
@@ -300,7 +334,9 @@ impl StripeSandbox {
         if let Some(key) = idempotency_key
             .filter(|_| status.is_success() || status == StatusCode::PAYMENT_REQUIRED)
         {
-            ledger.answered.insert(key, (status, value.clone()));
+            ledger
+                .answered
+                .insert(key, (request, (status, value.clone())));
         }
         (status, value, false)
     }
@@ -314,21 +350,22 @@ impl StripeSandbox {
             )),
             ("POST", ["v1", collection]) => self.create(ledger, collection, params),
             ("GET", ["v1", collection]) => list(ledger, collection),
-            ("GET", ["v1", _, id]) => ledger
-                .object(id)
+            ("GET", ["v1", collection, id]) => ledger
+                .object_in(collection, id)
                 .map(|o| (StatusCode::OK, Value::Object(o.clone()))),
-            ("DELETE", ["v1", "customers" | "products" | "coupons", id]) => ledger
-                .objects
-                .remove(*id)
-                .map(|_| (StatusCode::OK, json!({"id": id, "deleted": true})))
-                .ok_or_else(|| no_such(id)),
+            ("DELETE", ["v1", collection @ ("customers" | "products" | "coupons"), id]) => {
+                ledger.object_in(collection, id).map(|_| ()).map(|()| {
+                    ledger.objects.remove(*id);
+                    (StatusCode::OK, json!({"id": id, "deleted": true}))
+                })
+            }
             ("POST", ["v1", "payment_intents", id]) => update_intent(ledger, id, params),
             ("POST", ["v1", "payment_intents", id, "confirm"]) => confirm(ledger, id, params),
-            ("POST", ["v1", "payment_intents" | "charges", id, "capture"]) => {
-                capture(ledger, id, params)
+            ("POST", ["v1", collection @ ("payment_intents" | "charges"), id, "capture"]) => {
+                capture(ledger, collection, id, params)
             }
             ("POST", ["v1", "payment_intents", id, "cancel"]) => {
-                ledger.object_mut(id).map(|intent| {
+                ledger.object_in_mut("payment_intents", id).map(|intent| {
                     intent.insert("status".to_owned(), json!("canceled"));
                     (StatusCode::OK, Value::Object(intent.clone()))
                 })
@@ -338,7 +375,7 @@ impl StripeSandbox {
                 params.insert("charge".to_owned(), (*id).to_owned());
                 self.create(ledger, "refunds", &params)
             }
-            ("POST", ["v1", _, id]) => update_plain(ledger, id, params),
+            ("POST", ["v1", collection, id]) => update_plain(ledger, collection, id, params),
             _ => Err(not_found(method, path)),
         };
         answer.unwrap_or_else(|refusal| refusal)
@@ -423,11 +460,25 @@ impl Ledger {
         *self.moved.entry(currency.to_owned()).or_default() += amount;
     }
 
-    fn object(&self, id: &str) -> Result<&Map<String, Value>, Answer> {
-        self.objects.get(id).ok_or_else(|| no_such(id))
+    /// The object with this id, if it belongs to the collection the path names: an id of another
+    /// kind is as unknown to a route as a missing one.
+    fn object_in(&self, collection: &str, id: &str) -> Result<&Map<String, Value>, Answer> {
+        let kind = COLLECTIONS
+            .iter()
+            .find(|(name, ..)| *name == collection)
+            .map(|(_, _, kind, _)| *kind);
+        self.objects
+            .get(id)
+            .filter(|o| kind.is_some() && o.get("object").and_then(Value::as_str) == kind)
+            .ok_or_else(|| no_such(id))
     }
 
-    fn object_mut(&mut self, id: &str) -> Result<&mut Map<String, Value>, Answer> {
+    fn object_in_mut(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<&mut Map<String, Value>, Answer> {
+        self.object_in(collection, id)?;
         self.objects.get_mut(id).ok_or_else(|| no_such(id))
     }
 }
@@ -529,7 +580,7 @@ fn charge_intent(
 }
 
 fn confirm(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
-    let mut intent = ledger.object(id)?.clone();
+    let mut intent = ledger.object_in("payment_intents", id)?.clone();
     if matches!(
         status_of(&intent),
         "succeeded" | "requires_capture" | "canceled"
@@ -544,8 +595,13 @@ fn confirm(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Ans
     Ok((StatusCode::OK, Value::Object(intent)))
 }
 
-fn capture(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
-    let mut object = ledger.object(id)?.clone();
+fn capture(
+    ledger: &mut Ledger,
+    collection: &str,
+    id: &str,
+    params: &Params,
+) -> Result<Answer, Answer> {
+    let mut object = ledger.object_in(collection, id)?.clone();
     let capturable = match object.get("object").and_then(Value::as_str) {
         Some("payment_intent") => status_of(&object) == "requires_capture",
         Some("charge") => object.get("captured") == Some(&json!(false)),
@@ -583,8 +639,9 @@ fn refund(
     fields: &mut Map<String, Value>,
     params: &Params,
 ) -> Result<(), Answer> {
-    let parent_id = match (params.get("charge"), params.get("payment_intent")) {
-        (Some(id), None) | (None, Some(id)) => id.clone(),
+    let (collection, parent_id) = match (params.get("charge"), params.get("payment_intent")) {
+        (Some(id), None) => ("charges", id.clone()),
+        (None, Some(id)) => ("payment_intents", id.clone()),
         _ => {
             return Err(invalid(
                 "One of `charge` or `payment_intent` is required.",
@@ -592,7 +649,7 @@ fn refund(
             ))
         }
     };
-    let parent = ledger.object(&parent_id)?.clone();
+    let parent = ledger.object_in(collection, &parent_id)?.clone();
     let paid = match parent.get("object").and_then(Value::as_str) {
         Some("payment_intent") => status_of(&parent) == "succeeded",
         Some("charge") => parent.get("captured") == Some(&json!(true)),
@@ -634,7 +691,7 @@ fn refund(
 }
 
 fn update_intent(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
-    let intent = ledger.object_mut(id)?;
+    let intent = ledger.object_in_mut("payment_intents", id)?;
     let settled = matches!(
         status_of(intent),
         "succeeded" | "requires_capture" | "canceled"
@@ -657,17 +714,19 @@ fn update_intent(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answe
 }
 
 /// Updates an object's descriptive fields; money fields cannot change this way.
-fn update_plain(ledger: &mut Ledger, id: &str, params: &Params) -> Result<Answer, Answer> {
-    if let Some(field) = ["amount", "currency", "captured", "status"]
-        .iter()
-        .find(|f| params.contains_key(**f))
-    {
+fn update_plain(
+    ledger: &mut Ledger,
+    collection: &str,
+    id: &str,
+    params: &Params,
+) -> Result<Answer, Answer> {
+    if let Some(field) = PROTECTED_FIELDS.iter().find(|f| params.contains_key(**f)) {
         return Err(invalid(
             format!("Received unknown parameter: {field}"),
             Some(field),
         ));
     }
-    let object = ledger.object_mut(id)?;
+    let object = ledger.object_in_mut(collection, id)?;
     overlay(object, params);
     Ok((StatusCode::OK, Value::Object(object.clone())))
 }

@@ -350,12 +350,13 @@ impl Store for SqliteStore {
         }
         if let Some(object) = &call.acts_on {
             let owned: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM owned_objects WHERE key_id = ?1 AND object_id = ?2 \
+                "SELECT 1 FROM owned_objects WHERE key_id = ?1 AND object_id = ?2 AND kind = ?4 \
                  AND (?3 IS NULL OR currency = ?3)",
             )
             .bind(&call.key_id)
             .bind(&object.id)
             .bind(object.currency.as_deref())
+            .bind(&object.kind)
             .fetch_optional(&mut *tx)
             .await?;
             if owned.is_none() {
@@ -472,11 +473,12 @@ impl Store for SqliteStore {
         .await?;
         if let Some(object) = &settlement.created {
             sqlx::query(
-                "INSERT INTO owned_objects (key_id, object_id, currency) VALUES (?, ?, ?) \
+                "INSERT INTO owned_objects (key_id, object_id, kind, currency) VALUES (?, ?, ?, ?) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(&key_id)
             .bind(&object.id)
+            .bind(&object.kind)
             .bind(object.currency.as_deref())
             .execute(&mut *tx)
             .await?;
