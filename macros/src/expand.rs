@@ -107,11 +107,9 @@ pub fn expand(plan: Plan, mut function: ItemFn) -> TokenStream {
         let error = format_ident!("__vault_key_error", span = return_span);
         // Spanned at the return type: a missing `From<vault_key::Error>` is reported there.
         let early_return = quote_spanned! {return_span=>
-            return ::core::result::Result::Err(::core::convert::From::from(#error))
+            return ::core::result::Result::Err(::vault_key::__private::FromIssueError::from_issue_error(#error))
         };
         quote! {
-            // `From::from` is the identity when the error type is `vault_key::Error` itself.
-            #[allow(clippy::useless_conversion)]
             let #key = match ::vault_key::__private::issue(#client, #spec).await {
                 ::core::result::Result::Ok(key) => key,
                 ::core::result::Result::Err(#error) => #early_return,
@@ -182,4 +180,39 @@ fn returns_impl_trait(output: &ReturnType) -> bool {
         }
     }
     matches!(output, ReturnType::Type(_, ty) if contains_impl(ty))
+}
+
+/// The function as it would be on success, for when the attribute has errors: the key
+/// parameters leave the signature (so callers and routers see what they would), and the body
+/// still type-checks against a stand-in key that never runs. The attribute's own errors are then
+/// the only ones (as tokio's entry macros do, expanding with a default configuration).
+pub fn inert(mut function: ItemFn, key_params: &[usize]) -> TokenStream {
+    let mut bindings = Vec::new();
+    function.sig.inputs = function
+        .sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(index, input)| {
+            if !key_params.contains(&index) {
+                return Some(input.clone());
+            }
+            if let FnArg::Typed(typed) = input {
+                let (pat, ty) = (&typed.pat, &typed.ty);
+                bindings.push(quote! { let #pat: #ty = ::vault_key::__private::inert(); });
+            }
+            None
+        })
+        .collect();
+    let block = &function.block;
+    let ItemFn {
+        attrs, vis, sig, ..
+    } = &function;
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #(#bindings)*
+            #block
+        }
+    }
 }

@@ -19,26 +19,42 @@ pub fn vault_key(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);
     let function: syn::ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
-        Err(_) => {
-            let error = syn::Error::new(
-                proc_macro2::Span::call_site(),
-                "#[vault_key] goes on an `async fn` (a free function, a method or an Axum handler)",
-            );
-            return with_original(error, item);
+        Err(_) => return with_original(not_a_function(&item), item),
+    };
+    let expanded = args::parse(attr.into()).and_then(|args| validate::plan(args, &function));
+    let tokens = match expanded {
+        Ok(plan) => expand::expand(plan, function),
+        Err(error) => {
+            // The function as it would be on success, so that the attribute's errors are the
+            // only ones: no "takes 1 argument" at every caller, no `Handler` error at every route.
+            let key_params = validate::key_like_params(&function);
+            let mut tokens = error.to_compile_error();
+            tokens.extend(expand::inert(function, &key_params));
+            tokens
         }
     };
-    let expanded = args::parse(attr.into())
-        .and_then(|args| validate::plan(args, &function))
-        .map(|plan| expand::expand(plan, function));
-    match expanded {
-        Ok(tokens) => {
-            if std::env::var_os("VAULT_KEY_MACROS_DEBUG").is_some() {
-                eprintln!("{tokens}");
-            }
-            tokens.into()
-        }
-        Err(error) => with_original(error, item),
+    if std::env::var_os("VAULT_KEY_MACROS_DEBUG").is_some() {
+        eprintln!("{tokens}");
     }
+    tokens.into()
+}
+
+/// Why the attribute's item is not one it can rewrite.
+fn not_a_function(item: &proc_macro2::TokenStream) -> syn::Error {
+    if let Ok(method) = syn::parse2::<syn::TraitItemFn>(item.clone()) {
+        if method.default.is_none() {
+            return syn::Error::new_spanned(
+                &method.sig,
+                "#[vault_key] needs the function's body: put it on the method in the `impl` block, \
+                 not on its declaration in the trait",
+            );
+        }
+    }
+    syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "#[vault_key] goes on an `async fn` (a free function, a method or an Axum handler); \
+         it cannot go on a closure, a struct or another item",
+    )
 }
 
 /// The errors, and the user's item untouched: the rest of the crate keeps type-checking and the

@@ -166,6 +166,11 @@ pub fn plan(args: Args, function: &ItemFn) -> Result<Plan, syn::Error> {
     );
 
     let key_param = key_param(function, &mut errors);
+    if let (Some(param), Some(revoke)) = (&key_param, &revoke) {
+        if revoke_await && matches!(param.kind, KeyKind::Arc | KeyKind::OptionArc) {
+            errors.push(revoke.span(), "revoke = \"await\" revokes the key before the function returns, while an `Arc<VaultKey>` may still be held by work the function started (which would then be refused with `key_revoked`); take the key as `&VaultKey`, or leave out revoke = \"await\" so that the key is revoked when its last owner drops it");
+        }
+    }
     if let Some(param) = &key_param {
         if fail_open && !param.kind.is_option() {
             let ty = typed_input(function, param.index).map(|t| &t.ty);
@@ -265,11 +270,41 @@ fn single_type_argument(arguments: &PathArguments) -> Option<&Type> {
     types.next().is_none().then_some(first)
 }
 
+/// Whether a type names `VaultKey` anywhere (`VaultKey`, `&mut VaultKey`, `Box<VaultKey>`, …).
+fn mentions_vault_key(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_path_segment(&mut self, segment: &'ast syn::PathSegment) {
+            self.0 |= segment.ident == "VaultKey";
+            syn::visit::visit_path_segment(self, segment);
+        }
+    }
+    let mut finder = Finder(false);
+    syn::visit::Visit::visit_type(&mut finder, ty);
+    finder.0
+}
+
+/// The positions of the parameters that hold a key, in a supported shape or not: what the
+/// function emitted after an error leaves out of its signature.
+pub fn key_like_params(function: &ItemFn) -> Vec<usize> {
+    function
+        .sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, input)| matches!(input, FnArg::Typed(typed) if mentions_vault_key(&typed.ty)))
+        .map(|(index, _)| index)
+        .collect()
+}
+
 fn key_param(function: &ItemFn, errors: &mut Errors) -> Option<KeyParam> {
     let mut found: Option<KeyParam> = None;
     for (index, input) in function.sig.inputs.iter().enumerate() {
         let FnArg::Typed(typed) = input else { continue };
         let Some(kind) = key_kind(&typed.ty) else {
+            if mentions_vault_key(&typed.ty) {
+                errors.push_spanned(&typed.ty, "the key is shared, not owned or borrowed mutably: take it as `&VaultKey` (or `Arc<VaultKey>` to hand it to other tasks, `Option<…>` of either with on_issue_error = \"continue\")");
+            }
             continue;
         };
         if found.is_some() {

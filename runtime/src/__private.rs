@@ -49,6 +49,33 @@ impl IntoClient for Result<Client, Error> {
     }
 }
 
+/// The error type of a `#[vault_key]` function's `Result`, which must be able to carry the error
+/// of issuing its key.
+#[diagnostic::on_unimplemented(
+    message = "`#[vault_key]` returns the error of issuing the key through this function's `Result`, \
+               but `{Self}` cannot carry it",
+    label = "`{Self}` does not implement `From<vault_key::Error>`",
+    note = "implement `From<vault_key::Error>` for `{Self}` (or return `vault_key::Error`, which is \
+            also an axum response), or set on_issue_error = \"continue\" and take the key as an `Option`"
+)]
+pub trait FromIssueError: Sized {
+    /// The issuance error as this error type.
+    fn from_issue_error(error: Error) -> Self;
+}
+
+impl<E: From<Error>> FromIssueError for E {
+    fn from_issue_error(error: Error) -> E {
+        E::from(error)
+    }
+}
+
+/// Stands in for the key parameter in the function emitted after an attribute error, so that the
+/// body still type-checks (and the attribute's error is the only one). Never runs: the crate does
+/// not compile.
+pub fn inert<T>() -> T {
+    unreachable!("a #[vault_key] function with an attribute error cannot be called")
+}
+
 /// Issues the key (`on_issue_error = "fail"`; also the path of `axum::VaultKeyLayer`).
 pub async fn issue(client: Result<Client, Error>, spec: KeySpec) -> Result<Arc<VaultKey>, Error> {
     Ok(Arc::new(client?.issue(&spec).await?))

@@ -55,6 +55,24 @@ type SpecFn = dyn Fn(&RequestLabels) -> KeySpec + Send + Sync;
 ///
 /// Settings apply to the layer they are called on, whatever other clones exist; clones share the
 /// fallback counter.
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use axum::{routing::post, Extension, Router};
+/// use vault_key::{axum::VaultKeyLayer, KeySpec, VaultKey};
+///
+/// async fn charge(Extension(key): Extension<Arc<VaultKey>>) -> String {
+///     key.id().to_owned()
+/// } // the request is over: its key is revoked
+///
+/// # fn app() -> Result<Router, vault_key::Error> {
+/// let app: Router = Router::new().route("/charge", post(charge)).layer(
+///     VaultKeyLayer::new(KeySpec::new("stripe").cap_usd(500).endpoints(["/v1/payment_intents"]))
+///         .client(vault_key::Client::from_env()?),
+/// );
+/// # Ok(app) }
+/// ```
 #[derive(Clone)]
 pub struct VaultKeyLayer {
     spec: Arc<SpecFn>,

@@ -46,6 +46,17 @@ impl std::fmt::Debug for Client {
 }
 
 /// Builds a [`Client`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let client = vault_key::Client::builder("http://127.0.0.1:8787", "admin-token")
+///     .proxy_url("http://127.0.0.1:8788") // when the proxy listens elsewhere
+///     .timeout(Duration::from_secs(30))
+///     .build()
+///     .unwrap();
+/// assert_eq!(client.proxy_url().as_str(), "http://127.0.0.1:8788/");
+/// ```
 #[derive(Debug)]
 pub struct ClientBuilder {
     api_url: String,
@@ -188,6 +199,19 @@ impl Client {
     }
 
     /// Issues a key. It is revoked when its last owner drops it, or by [`VaultKey::revoke`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: vault_key::Client) -> Result<(), vault_key::Error> {
+    /// use vault_key::{Error, KeySpec};
+    ///
+    /// let spec = KeySpec::new("stripe").cap_usd(50).endpoints(["/v1/customers"]).label("run-7");
+    /// match client.issue(&spec).await {
+    ///     Ok(key) => println!("issued {}", key.id()),
+    ///     Err(Error::IssueRefused { code, field, .. }) => eprintln!("refused: {code} ({field:?})"),
+    ///     Err(other) => return Err(other), // server unreachable, …
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn issue(&self, spec: &KeySpec) -> Result<VaultKey, Error> {
         spec.validate()?;
         let response = self
@@ -270,6 +294,11 @@ impl Client {
     }
 
     /// How many of this client's revocations are queued or in flight.
+    ///
+    /// ```
+    /// let client = vault_key::Client::new("http://127.0.0.1:8787", "admin-token").unwrap();
+    /// assert_eq!(client.pending_revocations(), 0); // nothing issued, nothing to revoke
+    /// ```
     pub fn pending_revocations(&self) -> usize {
         self.inner.pending.get()
     }
@@ -343,6 +372,16 @@ pub fn init(client: Client) {
 
 /// The process default client: the one given to [`init`], or else one built from the environment
 /// ([`Client::from_env`]) on first use.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), vault_key::Error> {
+/// // With VAULT_KEY_URL and VAULT_KEY_ADMIN_TOKEN set, and no `init` call:
+/// let client = vault_key::default_client()?;
+/// let key = client
+///     .issue(&vault_key::KeySpec::new("stripe").cap_usd(5).endpoints(["/v1/customers"]))
+///     .await?;
+/// # Ok(()) }
+/// ```
 pub fn default_client() -> Result<Client, Error> {
     if let Some(client) = DEFAULT
         .read()

@@ -82,6 +82,15 @@ impl VaultKey {
     }
 
     /// The secret token (`vk_…`), for SDKs that take an API key. Expose it only to hand it on.
+    ///
+    /// ```no_run
+    /// # fn run(key: &vault_key::VaultKey) {
+    /// use vault_key::ExposeSecret;
+    ///
+    /// let api_key: &str = key.token().expose_secret(); // what the SDK sends as its key
+    /// println!("{:?}", key.token()); // prints a redaction, never the token
+    /// # let _ = api_key; }
+    /// ```
     pub fn token(&self) -> &SecretString {
         &self.token
     }
@@ -103,6 +112,18 @@ impl VaultKey {
 
     /// The base URL to give a vendor SDK: `<proxy>/<vendor>/`, with the trailing slash that SDKs
     /// join their paths onto (`…/stripe/` + `v1/payment_intents`).
+    ///
+    /// ```no_run
+    /// # fn run(key: &vault_key::VaultKey) {
+    /// use vault_key::ExposeSecret;
+    ///
+    /// // async-stripe 1.0, unchanged (tested end to end in the repository's `tests/stripe_sdk.rs`):
+    /// // let stripe = stripe::ClientBuilder::new(key.token().expose_secret())
+    /// //     .url(key.base_url())
+    /// //     .build()?;
+    /// assert!(key.base_url().as_str().ends_with("/stripe/"));
+    /// # }
+    /// ```
     pub fn base_url(&self) -> Url {
         endpoint(self.client.proxy_url(), &[&self.vendor, ""])
     }
@@ -166,6 +187,15 @@ impl VaultKey {
 
     /// Revokes the key now and waits for the server to confirm. If that fails, the key is
     /// still revoked in the background (retried), and the error says why the wait failed.
+    ///
+    /// ```no_run
+    /// # async fn run(key: vault_key::VaultKey) {
+    /// if let Err(error) = key.revoke().await {
+    ///     // Not confirmed yet; the background revoker keeps trying until the key expires.
+    ///     eprintln!("revocation pending: {error}");
+    /// }
+    /// # }
+    /// ```
     pub async fn revoke(self) -> Result<(), Error> {
         self.revoke_in_place().await
     }
@@ -210,6 +240,19 @@ impl Drop for VaultKey {
 }
 
 /// Turns the proxy's own refusals into [`Error`]s.
+///
+/// ```no_run
+/// # async fn run(key: &vault_key::VaultKey) -> Result<(), vault_key::Error> {
+/// use vault_key::{Error, ResponseExt};
+///
+/// let response = key.get("/v1/customers").send().await?;
+/// match response.error_for_refusal().await {
+///     Ok(vendor_answer) => println!("Stripe said {}", vendor_answer.status()),
+///     Err(Error::CapExhausted { cap, spent, .. }) => println!("${spent} of ${cap} spent today"),
+///     Err(refused) => println!("the proxy refused: {refused}"),
+/// }
+/// # Ok(()) }
+/// ```
 pub trait ResponseExt: Sized {
     /// `Err` when the vault-key proxy refused the call (cap exhausted, endpoint not allowed, …);
     /// every answer from the vendor itself, success or error, passes through as `Ok`.

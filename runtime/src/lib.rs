@@ -88,6 +88,27 @@ pub use vault_key_wire::{ErrorCode, Usd};
 /// `on_issue_error = "continue"`, runs with `None`. The body must be `Send` (as Axum handlers and
 /// `tokio::spawn`ed tasks must be); the attribute checks it at the function.
 ///
+/// - **One key per call.** Every call of the function issues its own key, so the `cap` holds
+///   per call (per request, for a handler), not per user or per process. To share one budget
+///   between calls, issue one key and pass it on (`Arc<VaultKey>`), or revoke a whole run at once
+///   by label prefix.
+/// - **Endpoint patterns** match the vendor path (never the query): a literal segment matches
+///   itself exactly, case-sensitively; `*` matches exactly one non-empty segment
+///   (`/v1/payment_intents/*` matches `/v1/payment_intents/pi_1`, not its `/confirm`); `**` as
+///   the last segment matches one or more segments. Patterns are checked at compile time with the
+///   server's own grammar.
+/// - **`ttl`** is also bounded by the server (`max_key_ttl`, 24 h by default): a longer one is
+///   refused when the key is issued. [`Client::check`] asks the server once, at start-up.
+/// - **With other attributes**, put `#[vault_key]` first (above `#[axum::debug_handler]` or
+///   `#[tracing::instrument]`), so that they see the function as Axum will: without its key
+///   parameter.
+/// - **Closures** cannot take attributes on stable Rust; wrap the work in an `async fn`.
+/// - **Trait methods** take it on their implementation in the `impl` block, not on the trait's
+///   declaration.
+///
+/// After a mistake in the attribute, the function is still emitted as it would be (without its
+/// key parameter), so that the attribute's error is the only one, not one at every caller.
+///
 /// ```no_run
 /// use axum::{routing::post, Json, Router};
 /// use serde_json::{json, Value};

@@ -136,7 +136,12 @@ pub async fn flush() {
     revoker.pending.wait_for_zero().await;
 }
 
-/// How many revocations are queued or in flight.
+/// How many revocations are queued or in flight, over every client of the process.
+///
+/// ```
+/// // Nothing was issued here, so nothing waits to be revoked.
+/// assert_eq!(vault_key::pending_revocations(), 0);
+/// ```
 pub fn pending_revocations() -> usize {
     revoker().map_or(0, |r| r.pending.get())
 }
