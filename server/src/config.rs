@@ -31,7 +31,8 @@ use serde::Deserialize;
 use url::Url;
 use vault_key_wire::{parse_duration, Usd};
 
-use crate::meter::{Meter, StripeMeter};
+use crate::meter::llm::ModelPrice;
+use crate::meter::{AnthropicMeter, Meter, OpenAiMeter, PriceTable, StripeMeter};
 use crate::store::SyncMode;
 use crate::vendor::{
     rest_methods, ErrorEnvelope, FreeRoute, Upstream, Vendor, VendorAuth, RESERVED_NAMES,
@@ -117,7 +118,32 @@ struct VendorFile {
     free_routes: Vec<String>,
     #[serde(default)]
     usd_per_unit: BTreeMap<String, String>,
+    /// Model vendors: prices per model, replacing or adding to the built-in table.
+    #[serde(default)]
+    prices: BTreeMap<String, PriceFile>,
 }
+
+/// `[vendors.openai.prices."gpt-4o"]`: US dollars per million tokens, and the output ceiling.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    input: String,
+    cached_input: Option<String>,
+    cache_write: Option<String>,
+    output: String,
+    max_output_tokens: u64,
+}
+
+/// The vendors vault-key knows natively: name, API origin, and the variable of its secret.
+const BUILT_IN: &[(&str, &str, &str)] = &[
+    ("stripe", "https://api.stripe.com", "STRIPE_SECRET_KEY"),
+    ("openai", "https://api.openai.com", "OPENAI_API_KEY"),
+    (
+        "anthropic",
+        "https://api.anthropic.com",
+        "ANTHROPIC_API_KEY",
+    ),
+];
 
 impl ConfigFile {
     /// Parses TOML text.
@@ -150,12 +176,9 @@ impl ServerConfig {
     /// A server whose vendors are all the built-in sandbox: what tests and the quickstart run.
     pub fn sandbox(admin_token: SecretString) -> ServerConfig {
         let mut config = ServerConfig::new(admin_token);
-        config.vendors = vec![stripe(
-            Upstream::Sandbox,
-            SecretString::from(SANDBOX_SECRET),
-            StripeMeter::default(),
-            Vec::new(),
-        )];
+        config
+            .apply(&ConfigFile::default(), &|_| None, true)
+            .expect("the built-in vendors need no configuration");
         config
     }
 
@@ -180,50 +203,31 @@ impl ServerConfig {
             self.max_body_bytes = max;
         }
         self.vendors.clear();
-        let stripe_file = file.vendors.get("stripe");
-        let default_stripe = VendorFile::default();
-        let stripe_file = stripe_file.unwrap_or(&default_stripe);
-        let rates = stripe_file
-            .usd_per_unit
-            .iter()
-            .map(|(currency, rate)| {
-                let rate = rate
-                    .parse::<Usd>()
-                    .map_err(|e| vendor_error("stripe", format!("rate for `{currency}`: {e}")))?;
-                Ok((currency.to_ascii_lowercase(), rate))
-            })
-            .collect::<Result<HashMap<_, _>, ConfigError>>()?;
-        let stripe_secret = secret_of(stripe_file, "STRIPE_SECRET_KEY", env);
-        let stripe_free_routes = free_routes("stripe", stripe_file)?;
-        if sandbox {
-            if stripe_secret.is_some() {
-                return Err(vendor_error(
-                    "stripe",
-                    "a real secret is configured and --sandbox would hide it; drop one of them",
-                ));
-            }
-            self.vendors.push(stripe(
-                Upstream::Sandbox,
-                SecretString::from(SANDBOX_SECRET),
-                StripeMeter::new(rates),
-                stripe_free_routes,
-            ));
-        } else if let Some(secret) = stripe_secret {
-            let base = stripe_file
-                .base_url
-                .as_deref()
-                .unwrap_or("https://api.stripe.com");
-            self.vendors.push(stripe(
-                Upstream::Url(base_url("stripe", base)?),
-                secret,
-                StripeMeter::new(rates),
-                stripe_free_routes,
-            ));
+        let default_file = VendorFile::default();
+        for (name, default_base, default_env) in BUILT_IN {
+            let vendor_file = file.vendors.get(*name).unwrap_or(&default_file);
+            let secret = secret_of(vendor_file, default_env, env);
+            let (upstream, secret) = if sandbox {
+                if secret.is_some() {
+                    return Err(vendor_error(
+                        name,
+                        "a real secret is configured and --sandbox would hide it; drop one of them",
+                    ));
+                }
+                (Upstream::Sandbox, SecretString::from(SANDBOX_SECRET))
+            } else if let Some(secret) = secret {
+                let base = vendor_file.base_url.as_deref().unwrap_or(default_base);
+                (Upstream::Url(base_url(name, base)?), secret)
+            } else {
+                continue;
+            };
+            self.vendors
+                .push(built_in_vendor(name, vendor_file, upstream, secret)?);
         }
         for (name, vendor) in file
             .vendors
             .iter()
-            .filter(|(name, _)| name.as_str() != "stripe")
+            .filter(|(name, _)| !BUILT_IN.iter().any(|(built_in, ..)| built_in == name))
         {
             self.vendors.push(generic_vendor(name, vendor, env)?);
         }
@@ -231,22 +235,91 @@ impl ServerConfig {
     }
 }
 
-fn stripe(
+/// A built-in vendor from its config entry: its meter, where its token goes, how its errors look.
+fn built_in_vendor(
+    name: &str,
+    file: &VendorFile,
     upstream: Upstream,
     secret: SecretString,
-    meter: StripeMeter,
-    free_routes: Vec<FreeRoute>,
-) -> Vendor {
-    Vendor {
-        name: "stripe".to_owned(),
+) -> Result<Vendor, ConfigError> {
+    let (meter, auth, envelope) = match name {
+        "stripe" => {
+            let rates = file
+                .usd_per_unit
+                .iter()
+                .map(|(currency, rate)| {
+                    let rate = rate
+                        .parse::<Usd>()
+                        .map_err(|e| vendor_error(name, format!("rate for `{currency}`: {e}")))?;
+                    Ok((currency.to_ascii_lowercase(), rate))
+                })
+                .collect::<Result<HashMap<_, _>, ConfigError>>()?;
+            (
+                Meter::Stripe(StripeMeter::new(rates)),
+                VendorAuth::Bearer,
+                ErrorEnvelope::Stripe,
+            )
+        }
+        "openai" => (
+            Meter::OpenAi(OpenAiMeter::new(prices(name, file, PriceTable::openai())?)),
+            VendorAuth::Bearer,
+            ErrorEnvelope::OpenAi,
+        ),
+        _ => (
+            Meter::Anthropic(AnthropicMeter::new(prices(
+                name,
+                file,
+                PriceTable::anthropic(),
+            )?)),
+            VendorAuth::Header(HeaderName::from_static("x-api-key")),
+            ErrorEnvelope::Anthropic,
+        ),
+    };
+    if name == "stripe" && !file.prices.is_empty() {
+        return Err(vendor_error(name, "`prices` are for model vendors"));
+    }
+    Ok(Vendor {
+        name: name.to_owned(),
         upstream,
         secret,
-        auth: VendorAuth::Bearer,
-        meter: Meter::Stripe(meter),
+        auth,
+        meter,
         methods: rest_methods(),
-        free_routes,
-        envelope: ErrorEnvelope::Stripe,
+        free_routes: free_routes(name, file)?,
+        envelope,
+    })
+}
+
+/// The built-in price table with the config file's prices laid over it.
+fn prices(
+    vendor: &str,
+    file: &VendorFile,
+    mut table: PriceTable,
+) -> Result<PriceTable, ConfigError> {
+    for (model, price) in &file.prices {
+        let amount = |field: &str, text: &str| {
+            text.parse::<Usd>()
+                .map_err(|e| vendor_error(vendor, format!("prices.\"{model}\".{field}: {e}")))
+        };
+        let input = amount("input", &price.input)?;
+        table.insert(
+            model.clone(),
+            ModelPrice {
+                input,
+                cached_input: price
+                    .cached_input
+                    .as_deref()
+                    .map_or(Ok(input), |t| amount("cached_input", t))?,
+                cache_write: price
+                    .cache_write
+                    .as_deref()
+                    .map_or(Ok(input), |t| amount("cache_write", t))?,
+                output: amount("output", &price.output)?,
+                max_output_tokens: price.max_output_tokens,
+            },
+        );
     }
+    Ok(table)
 }
 
 fn free_routes(vendor: &str, file: &VendorFile) -> Result<Vec<FreeRoute>, ConfigError> {

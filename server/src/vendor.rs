@@ -136,6 +136,10 @@ pub enum ErrorEnvelope {
     Plain,
     /// Also Stripe's `{"error": {type, code, message}}` and `Stripe-Should-Retry`.
     Stripe,
+    /// Also OpenAI's `{"error": {message, type, param, code}}`.
+    OpenAi,
+    /// Also Anthropic's `{"type": "error", "error": {type, message}}`.
+    Anthropic,
 }
 
 /// The secret the sandbox expects: the proxy must swap the vault token for this.

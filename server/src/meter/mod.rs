@@ -6,11 +6,13 @@
 //! meter does not know is refused: unknown means refused. After the response, [`Meter::settle`]
 //! says what the call did cost (and which object it created, for calls that later act on it).
 
+pub mod llm;
 mod stripe;
 
 use http::{HeaderMap, Method, StatusCode};
 use vault_key_wire::Usd;
 
+pub use llm::{AnthropicMeter, ModelCall, OpenAiMeter, PriceTable};
 pub use stripe::StripeMeter;
 
 /// The request exactly as it will be forwarded: the policy, the meter and the forwarder all
@@ -55,6 +57,8 @@ pub struct Estimate {
     /// The object the call creates and pays for; its id is read from the response so that later
     /// calls may act on it.
     pub creates: Option<NewObject>,
+    /// A model call, settled on the usage its answer reports (read as the answer streams past).
+    pub model: Option<ModelCall>,
 }
 
 /// An object a metered call creates, as the request states it.
@@ -75,6 +79,7 @@ impl Estimate {
         idempotency: None,
         acts_on: None,
         creates: None,
+        model: None,
     };
 
     /// Whether the proxy must go through the store before forwarding (to reserve, or to check
@@ -128,15 +133,30 @@ pub enum Unmeterable {
 pub enum Meter {
     /// Stripe: money-moving creates cost their amount; every route classified.
     Stripe(StripeMeter),
+    /// OpenAI: tokens × the model's price.
+    OpenAi(OpenAiMeter),
+    /// Anthropic: tokens × the model's price.
+    Anthropic(AnthropicMeter),
     /// A configured vendor: a flat cost per call, whatever the answer.
     Flat(Usd),
 }
 
 impl Meter {
+    /// Rewrites the request before it is judged and forwarded, where the vendor must be asked to
+    /// report what the call cost (OpenAI streams: `stream_options.include_usage`).
+    pub fn prepare(&self, request: &mut ForwardRequest) -> Result<(), Unmeterable> {
+        match self {
+            Meter::OpenAi(openai) => openai.prepare(request),
+            Meter::Stripe(_) | Meter::Anthropic(_) | Meter::Flat(_) => Ok(()),
+        }
+    }
+
     /// The most `request` can cost.
     pub fn estimate(&self, request: &ForwardRequest) -> Result<Estimate, Unmeterable> {
         match self {
             Meter::Stripe(stripe) => stripe.estimate(request),
+            Meter::OpenAi(openai) => openai.estimate(request),
+            Meter::Anthropic(anthropic) => anthropic.estimate(request),
             Meter::Flat(cost) => Ok(Estimate {
                 max_cost: *cost,
                 ..Estimate::FREE
@@ -155,7 +175,8 @@ impl Meter {
     ) -> Settlement {
         match self {
             Meter::Stripe(stripe) => stripe.settle(estimate, reserved, status, body),
-            Meter::Flat(_) => Settlement {
+            // Model calls settle on usage (`ModelCall::settle`), read as the answer streams.
+            Meter::OpenAi(_) | Meter::Anthropic(_) | Meter::Flat(_) => Settlement {
                 cost: reserved,
                 created: None,
             },

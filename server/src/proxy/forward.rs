@@ -15,7 +15,8 @@ use vault_key_wire::Usd;
 
 use super::{read, Refusal};
 use crate::app::{App, LiveVendor};
-use crate::meter::{Estimate, ForwardRequest, Settlement};
+use crate::meter::llm::UsageReader;
+use crate::meter::{Estimate, ForwardRequest, ModelCall, Settlement};
 
 /// Largest vendor answer read whole to settle a call (a Stripe object is a few kilobytes).
 const MAX_SETTLED_BODY: usize = 1 << 20;
@@ -85,6 +86,57 @@ impl Forward {
         };
         let status = response.status();
         let headers = read::downstream_headers(response.headers());
+        if let (Some(reservation), Some(model), true) = (
+            self.reservation,
+            self.estimate.model.clone(),
+            status.is_success(),
+        ) {
+            // A model call settles on the usage its answer reports, read as the answer streams to
+            // the client (tokens reach it as they come, nothing is held back).
+            let streamed = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("text/event-stream"));
+            // Relayed without a length, so that the body is read to its end (where it settles)
+            // rather than stopped after the announced bytes.
+            let mut headers = headers;
+            headers.remove(http::header::CONTENT_LENGTH);
+            let tap = UsageTap {
+                reader: UsageReader::new(model.format, streamed),
+                settlement: Some(StreamSettlement {
+                    app: Arc::clone(&app),
+                    vendor: vendor_name.clone(),
+                    key_id: self.key_id.clone(),
+                    call_id: reservation.call_id,
+                    model,
+                    status,
+                }),
+            };
+            let body = futures_util::stream::unfold(
+                (response.bytes_stream(), tap),
+                |(mut upstream, mut tap)| async move {
+                    match futures_util::StreamExt::next(&mut upstream).await {
+                        Some(Ok(chunk)) => {
+                            tap.reader.feed(&chunk);
+                            Some((Ok(chunk), (upstream, tap)))
+                        }
+                        Some(Err(error)) => {
+                            tap.cut();
+                            Some((Err(error), (upstream, tap)))
+                        }
+                        None => {
+                            tap.complete().await;
+                            None
+                        }
+                    }
+                },
+            );
+            tracing::info!(key_id = %self.key_id, vendor = %vendor_name, method = %self.request.method, path = %self.request.path, status = status.as_u16(), "proxied model call; settles when its answer ends");
+            let mut out = Response::new(Body::from_stream(body));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            return Ok(out);
+        }
         let (settlement, body) = match self.reservation {
             Some(reservation) if self.estimate.settles_on_body() => {
                 let body = read_whole(response, app.upstream_timeout).await;
@@ -216,6 +268,91 @@ impl Forward {
                 tracing::error!(%error, key_id = %self.key_id, "could not end a call in flight; it ends when its lease does");
             }
         }
+    }
+}
+
+/// Reads usage out of a model call's answer as it streams, and settles the call when it ends.
+struct UsageTap {
+    reader: UsageReader,
+    /// Taken once the call is settled or given up on.
+    settlement: Option<StreamSettlement>,
+}
+
+/// What settling a model call needs once its answer has ended.
+struct StreamSettlement {
+    app: Arc<App>,
+    vendor: String,
+    key_id: String,
+    call_id: i64,
+    model: ModelCall,
+    status: StatusCode,
+}
+
+impl UsageTap {
+    /// The answer ended: settle on its usage, or keep the reservation when it reported none.
+    async fn complete(&mut self) {
+        let Some(settlement) = self.settlement.take() else {
+            return;
+        };
+        let reader = std::mem::replace(
+            &mut self.reader,
+            UsageReader::new(settlement.model.format, false),
+        );
+        let usage = reader.finish();
+        let StreamSettlement {
+            app,
+            vendor,
+            key_id,
+            call_id,
+            model,
+            status,
+        } = settlement;
+        let result = match model.settle(status, usage) {
+            Some(cost) => {
+                app.metrics.spent(&vendor, cost.micros());
+                tracing::info!(%key_id, %vendor, cost_usd = %cost, "model call settled on its usage");
+                app.store
+                    .settle_call(
+                        call_id,
+                        &Settlement {
+                            cost,
+                            created: None,
+                        },
+                        Some(status.as_u16()),
+                    )
+                    .await
+            }
+            None => {
+                tracing::warn!(%key_id, %vendor, "model call reported no usage; its reservation stays");
+                app.store.abandon_call(call_id).await
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, %key_id, "could not settle a model call; its reservation stays");
+        }
+    }
+
+    /// The answer was cut short (upstream broke, or the client left): the vendor may have billed
+    /// any part of it, so the reservation stays.
+    fn cut(&mut self) {
+        let Some(settlement) = self.settlement.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the lease ends it: the reservation stays either way
+        };
+        runtime.spawn(async move {
+            tracing::warn!(key_id = %settlement.key_id, vendor = %settlement.vendor, "model call cut short; its reservation stays");
+            if let Err(error) = settlement.app.store.abandon_call(settlement.call_id).await {
+                tracing::error!(%error, "could not end a model call; it ends when its lease does");
+            }
+        });
+    }
+}
+
+impl Drop for UsageTap {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
 

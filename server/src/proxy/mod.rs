@@ -110,13 +110,14 @@ async fn proxy(
     // A body that is not known to be empty at the head may take its time to arrive (an HTTP/2
     // stream can end long after its headers), and the key's state may change meanwhile.
     let waited_for_body = !axum::body::HttpBody::is_end_stream(&body);
-    let request = ForwardRequest {
+    let mut request = ForwardRequest {
         method: parts.method.clone(),
         path: path.to_owned(),
         query: read::upstream_query(parts.uri.query()),
         headers: read::upstream_headers(&parts.headers, &vendor.vendor.auth),
         body: read::body(body, &parts.headers, app.max_body_bytes, app.body_timeout).await?,
     };
+    vendor.vendor.meter.prepare(&mut request)?;
     if token::appears_in_body(&request.body) {
         return Err(Refusal::InvalidRequest(
             "the body contains a vault token; it may travel only in the vendor's credential \

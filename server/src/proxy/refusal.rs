@@ -204,7 +204,29 @@ impl Refusal {
                 );
                 response
             }
+            ErrorEnvelope::OpenAi | ErrorEnvelope::Anthropic => {
+                let mut json = serde_json::to_value(&body).unwrap_or(Value::Null);
+                let mut inner = json.clone();
+                if envelope == ErrorEnvelope::Anthropic {
+                    inner["type"] = Value::from(anthropic_error_type(status));
+                    json["type"] = Value::from("error");
+                } else {
+                    inner["type"] = Value::from(if status.is_server_error() {
+                        "server_error"
+                    } else {
+                        "invalid_request_error"
+                    });
+                    inner["param"] = Value::Null;
+                }
+                json["error"] = inner;
+                ApiError::json_response(status, body.code, &json)
+            }
         };
+        // The OpenAI and Anthropic SDKs read this one (Stripe's read their own, above).
+        response.headers_mut().insert(
+            "x-should-retry",
+            HeaderValue::from_static(if self.retryable() { "true" } else { "false" }),
+        );
         if matches!(
             self,
             Refusal::IdempotencyKeyInUse | Refusal::StoreUnavailable
@@ -214,6 +236,19 @@ impl Refusal {
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// Anthropic's error `type` for a status.
+fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        s if s >= 500 => "api_error",
+        _ => "invalid_request_error",
     }
 }
 

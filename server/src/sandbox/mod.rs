@@ -5,12 +5,17 @@
 //! It also keeps a log of every request it received, which is how tests prove that a refused call
 //! never reached the vendor and that no vault token ever did.
 
+mod models;
 mod stripe;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -57,10 +62,11 @@ impl Sandbox {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Log::default());
-        let stripe = Arc::new(stripe::StripeSandbox::new(Arc::clone(&log)));
-        let app = Router::new()
-            .fallback(stripe::handle)
-            .with_state(Arc::clone(&stripe));
+        let stripe = Arc::new(stripe::StripeSandbox::new());
+        let app = Router::new().fallback(handle).with_state(Vendors {
+            log: Arc::clone(&log),
+            stripe: Arc::clone(&stripe),
+        });
         let task = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
                 tracing::error!(%error, "sandbox stopped");
@@ -107,6 +113,66 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// The stand-ins behind one port, by path prefix.
+#[derive(Debug, Clone)]
+struct Vendors {
+    log: Arc<Log>,
+    stripe: Arc<stripe::StripeSandbox>,
+}
+
+/// Logs every request, applies `x-sandbox-delay-ms`, and hands it to its vendor's stand-in.
+async fn handle(State(vendors): State<Vendors>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 24)
+        .await
+        .unwrap_or_default();
+    vendors.log.push(ReceivedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    });
+    if let Some(delay) = parts
+        .headers
+        .get("x-sandbox-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(delay.min(30_000))).await;
+    }
+    let path = parts.uri.path();
+    if let Some(rest) = path.strip_prefix("/stripe/") {
+        vendors.stripe.respond(&parts, &format!("/{rest}"), &body)
+    } else if let Some(rest) = path.strip_prefix("/openai/") {
+        models::answer(
+            models::ModelVendor::OpenAi,
+            &parts,
+            &format!("/{rest}"),
+            &body,
+        )
+        .await
+    } else if let Some(rest) = path.strip_prefix("/anthropic/") {
+        models::answer(
+            models::ModelVendor::Anthropic,
+            &parts,
+            &format!("/{rest}"),
+            &body,
+        )
+        .await
+    } else {
+        (http::StatusCode::NOT_FOUND, "no such sandbox vendor").into_response()
     }
 }
 

@@ -10,23 +10,20 @@
 //! does: `&` and `;` separate pairs, a repeated name keeps its last value, and `[amount]`,
 //! `amount]` and `amount[]` all set `amount`.
 //!
-//! Knobs for tests, which a real Stripe ignores: `x-sandbox-delay-ms` delays the answer;
+//! Knobs for tests, which a real Stripe ignores (besides the sandbox-wide `x-sandbox-delay-ms`):
 //! `x-sandbox-refuse: 429` (or another 4xx/5xx) answers that status without acting, as Stripe does
 //! when it rate-limits or fails a request before executing it (and saves nothing under its
 //! idempotency key).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
-use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::{Log, ReceivedRequest};
 use crate::vendor::SANDBOX_SECRET;
 
 /// The card that Stripe's test mode always declines.
@@ -119,7 +116,6 @@ fn overlay(object: &mut Map<String, Value>, params: &Params) {
 type Answer = (StatusCode, Value);
 
 pub(super) struct StripeSandbox {
-    log: Arc<Log>,
     next_id: AtomicU64,
     state: Mutex<Ledger>,
 }
@@ -142,9 +138,8 @@ impl std::fmt::Debug for StripeSandbox {
 }
 
 impl StripeSandbox {
-    pub(super) fn new(log: Arc<Log>) -> Self {
+    pub(super) fn new() -> Self {
         StripeSandbox {
-            log,
             next_id: AtomicU64::new(1),
             state: Mutex::default(),
         }
@@ -214,74 +209,49 @@ fn rack_params(form: &[u8]) -> Params {
     params
 }
 
-pub(super) async fn handle(
-    State(sandbox): State<Arc<StripeSandbox>>,
-    request: Request,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 24)
-        .await
-        .unwrap_or_default();
-    sandbox.log.push(ReceivedRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        headers: parts
+impl StripeSandbox {
+    /// Answers a request to `path` (below `/stripe`).
+    pub(super) fn respond(
+        &self,
+        parts: &http::request::Parts,
+        path: &str,
+        body: &[u8],
+    ) -> Response {
+        if let Some(status) = parts
             .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.to_vec(),
-    });
-    if let Some(delay) = parts
-        .headers
-        .get("x-sandbox-delay-ms")
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        tokio::time::sleep(Duration::from_millis(delay.min(30_000))).await;
-    }
-    if let Some(status) = parts
-        .headers
-        .get("x-sandbox-refuse")
-        .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok())
-        .filter(|s| s.is_client_error() || s.is_server_error())
-    {
-        let kind = if status.is_server_error() {
-            "api_error"
-        } else {
-            "rate_limit_error"
-        };
-        let (status, value) = error(status, kind, "Refused before acting (sandbox).", None);
-        return (status, Json(value)).into_response();
-    }
-    let Some(path) = parts.uri.path().strip_prefix("/stripe") else {
-        return (StatusCode::NOT_FOUND, "only /stripe is simulated").into_response();
-    };
-    // Rack merges the query's parameters with the body's, the body's winning.
-    let mut params = rack_params(parts.uri.query().unwrap_or("").as_bytes());
-    params.extend(rack_params(&body));
-    let (status, value, replayed) = sandbox.answer(&parts.method, path, &parts.headers, &params);
-    let mut response = (status, Json(value)).into_response();
-    response.headers_mut().insert(
-        "request-id",
-        format!(
-            "req_sandbox_{}",
-            sandbox.next_id.fetch_add(1, Ordering::Relaxed)
-        )
-        .parse()
-        .expect("ascii"),
-    );
-    if replayed {
+            .get("x-sandbox-refuse")
+            .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok())
+            .filter(|s| s.is_client_error() || s.is_server_error())
+        {
+            let kind = if status.is_server_error() {
+                "api_error"
+            } else {
+                "rate_limit_error"
+            };
+            let (status, value) = error(status, kind, "Refused before acting (sandbox).", None);
+            return (status, Json(value)).into_response();
+        }
+        // Rack merges the query's parameters with the body's, the body's winning.
+        let mut params = rack_params(parts.uri.query().unwrap_or("").as_bytes());
+        params.extend(rack_params(body));
+        let (status, value, replayed) = self.answer(&parts.method, path, &parts.headers, &params);
+        let mut response = (status, Json(value)).into_response();
+        response.headers_mut().insert(
+            "request-id",
+            format!(
+                "req_sandbox_{}",
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            )
+            .parse()
+            .expect("ascii"),
+        );
+        if replayed {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", "true".parse().expect("ascii"));
+        }
         response
-            .headers_mut()
-            .insert("idempotent-replayed", "true".parse().expect("ascii"));
     }
-    response
 }
 
 impl StripeSandbox {

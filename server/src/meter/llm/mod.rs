@@ -1,0 +1,487 @@
+//! Model vendors (OpenAI, Anthropic): tokens × a per-model price.
+//!
+//! A call reserves the most it can cost — every byte of its body counted as an input token (a
+//! token is never shorter than a byte), plus its output ceiling (`max_tokens`, or the model's own
+//! ceiling where absent, clamped to it), times `n` — and settles on the `usage` the vendor reports,
+//! in a JSON answer or in the events of a stream, read as they pass without holding the stream
+//! back. A stream that ends before its usage keeps its reservation.
+//!
+//! Request bodies are read strictly: a duplicated key anywhere, or two ways of saying the output
+//! limit, is refused rather than guessed at; content the meter cannot count from its bytes
+//! (images, audio, files) is refused too.
+
+mod anthropic;
+mod openai;
+mod prices;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use vault_key_wire::Usd;
+
+pub use anthropic::AnthropicMeter;
+pub use openai::OpenAiMeter;
+pub use prices::{ModelPrice, PriceTable, PRICES_AS_OF};
+
+use super::{Estimate, ForwardRequest, Unmeterable};
+
+/// Tokens of one call, by how they are priced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens at the full input price.
+    pub input: u64,
+    /// Input tokens read from the vendor's prompt cache.
+    pub cached_input: u64,
+    /// Input tokens written to the vendor's prompt cache.
+    pub cache_write: u64,
+    /// Output tokens (reasoning included).
+    pub output: u64,
+}
+
+impl Usage {
+    /// What these tokens cost at `price`.
+    pub fn cost(&self, price: &ModelPrice) -> Usd {
+        per_million(self.input, price.input)
+            .saturating_add(per_million(self.cached_input, price.cached_input))
+            .saturating_add(per_million(self.cache_write, price.cache_write))
+            .saturating_add(per_million(self.output, price.output))
+    }
+}
+
+/// `tokens` at `price` per million tokens, rounded up to the micro-dollar.
+fn per_million(tokens: u64, price: Usd) -> Usd {
+    let micros = (u128::from(tokens) * u128::from(price.micros())).div_ceil(1_000_000);
+    Usd::from_micros(
+        u64::try_from(micros)
+            .unwrap_or(u64::MAX)
+            .min(Usd::MAX.micros() + 1),
+    )
+}
+
+/// Where a call's usage is reported, and so how its answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageFormat {
+    /// OpenAI chat completions: `usage` in the JSON answer, or in the last chunk of a stream
+    /// (which the proxy asks for with `stream_options.include_usage`).
+    ChatCompletions,
+    /// OpenAI Responses: `usage` in the answer, or in the `response.completed` event.
+    Responses,
+    /// OpenAI embeddings: `usage.prompt_tokens`.
+    Embeddings,
+    /// Anthropic messages: `usage` in the answer, or in `message_start` (input) and
+    /// `message_delta` (output so far) events.
+    AnthropicMessages,
+}
+
+/// A metered model call: its model's price and how to read its usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelCall {
+    /// The price of the model named in the request.
+    pub price: ModelPrice,
+    /// Where its usage will be.
+    pub format: UsageFormat,
+}
+
+impl ModelCall {
+    /// What the call cost, from the vendor's status and the usage its answer reported: nothing
+    /// for a refused call, the usage's price (in full, even above the reservation) otherwise, and
+    /// `None` — keep the reservation — when a successful answer reported no usage (a stream cut
+    /// short, a background response).
+    pub fn settle(&self, status: http::StatusCode, usage: Option<Usage>) -> Option<Usd> {
+        if !status.is_success() {
+            return Some(Usd::ZERO);
+        }
+        usage.map(|usage| usage.cost(&self.price))
+    }
+}
+
+/// Reads usage out of an answer as its bytes pass: a JSON body, or server-sent events.
+#[derive(Debug)]
+pub struct UsageReader {
+    format: UsageFormat,
+    /// The answer so far, for a JSON body; the current unfinished line, for a stream.
+    pending: Vec<u8>,
+    streamed: bool,
+    usage: Option<Usage>,
+    overflowed: bool,
+}
+
+/// Longest JSON answer or single event line read for usage; past it the usage is unknown (and
+/// the reservation stays).
+const MAX_READ: usize = 4 << 20;
+
+impl UsageReader {
+    /// A reader for an answer in `format`; `streamed` when it is `text/event-stream`.
+    pub fn new(format: UsageFormat, streamed: bool) -> UsageReader {
+        UsageReader {
+            format,
+            pending: Vec::new(),
+            streamed,
+            usage: None,
+            overflowed: false,
+        }
+    }
+
+    /// The next bytes of the answer.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if !self.streamed {
+            if self.pending.len() + chunk.len() > MAX_READ {
+                self.overflowed = true;
+                self.pending = Vec::new();
+            } else {
+                self.pending.extend_from_slice(chunk);
+            }
+            return;
+        }
+        for &byte in chunk {
+            if byte == b'\n' {
+                let line = std::mem::take(&mut self.pending);
+                self.event_line(&line);
+            } else if self.pending.len() < MAX_READ {
+                self.pending.push(byte);
+            } else {
+                self.overflowed = true;
+                return;
+            }
+        }
+    }
+
+    fn event_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let Ok(event) = serde_json::from_slice::<Value>(data.trim_ascii_start()) else {
+            return; // `[DONE]`, or not JSON
+        };
+        match self.format {
+            UsageFormat::ChatCompletions | UsageFormat::Embeddings => {
+                if let Some(usage) = event.get("usage").and_then(openai::chat_usage) {
+                    self.usage = Some(usage);
+                }
+            }
+            UsageFormat::Responses => {
+                if event["type"] == "response.completed" {
+                    self.usage = openai::responses_usage(&event["response"]["usage"]);
+                }
+            }
+            UsageFormat::AnthropicMessages => match event["type"].as_str() {
+                Some("message_start") => {
+                    self.usage = anthropic::usage(&event["message"]["usage"]);
+                }
+                Some("message_delta") => {
+                    // Output so far is cumulative; input was counted at the start.
+                    if let (Some(usage), Some(output)) = (
+                        self.usage.as_mut(),
+                        event["usage"]["output_tokens"].as_u64(),
+                    ) {
+                        usage.output = output;
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// The usage the whole answer reported, if it did.
+    pub fn finish(mut self) -> Option<Usage> {
+        if self.overflowed {
+            return None;
+        }
+        if self.streamed {
+            let line = std::mem::take(&mut self.pending);
+            self.event_line(&line);
+            return self.usage;
+        }
+        let answer: Value = serde_json::from_slice(&self.pending).ok()?;
+        match self.format {
+            UsageFormat::ChatCompletions | UsageFormat::Embeddings => {
+                openai::chat_usage(answer.get("usage")?)
+            }
+            UsageFormat::Responses => openai::responses_usage(answer.get("usage")?),
+            UsageFormat::AnthropicMessages => anthropic::usage(answer.get("usage")?),
+        }
+    }
+}
+
+/// A JSON request body parsed strictly: an object, with no key given twice at any depth.
+pub(super) fn strict_json_object(
+    request: &ForwardRequest,
+) -> Result<Map<String, Value>, Unmeterable> {
+    let refuse = |why: String| Unmeterable::Refused(why);
+    if request
+        .headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(refuse(
+            "a model request body must not be compressed".to_owned(),
+        ));
+    }
+    let mut types = request.headers.get_all(http::header::CONTENT_TYPE).iter();
+    let is_json = match (types.next().and_then(|v| v.to_str().ok()), types.next()) {
+        (Some(content_type), None) => content_type
+            .split(';')
+            .next()
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json")),
+        _ => false,
+    };
+    if !is_json {
+        return Err(refuse(
+            "a model request must have one Content-Type, application/json".to_owned(),
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(&request.body);
+    let Strict(value) = Strict::deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|e| {
+            refuse(format!(
+                "the body is not JSON vault-key can read with certainty: {e}"
+            ))
+        })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(refuse("the body must be a JSON object".to_owned())),
+    }
+}
+
+/// A JSON value whose objects never repeat a key (a vendor's parser might keep either copy).
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Strict, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key `{key}` is given twice"
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// The output limit a request states under `names` (at most one of them), clamped to the model's
+/// ceiling; the ceiling itself when none is given (or `required` names the one that must be).
+pub(super) fn output_limit(
+    body: &Map<String, Value>,
+    names: &[&str],
+    price: &ModelPrice,
+    required: bool,
+) -> Result<u64, Unmeterable> {
+    let mut given = names.iter().filter(|name| body.contains_key(**name));
+    let limit = match (given.next(), given.next()) {
+        (Some(a), Some(b)) => {
+            return Err(Unmeterable::Refused(format!(
+                "the body gives both `{a}` and `{b}`; give one output limit"
+            )))
+        }
+        (Some(name), None) => match body[*name].as_u64() {
+            Some(limit) if limit > 0 => limit,
+            _ => {
+                return Err(Unmeterable::Refused(format!(
+                    "`{name}` must be a positive whole number of tokens"
+                )))
+            }
+        },
+        (None, _) if required => {
+            return Err(Unmeterable::Refused(format!(
+                "the body must give `{}`: without it the cost has no bound",
+                names[0]
+            )))
+        }
+        (None, _) => price.max_output_tokens,
+    };
+    Ok(limit.min(price.max_output_tokens))
+}
+
+/// JSON-schema `type`s, which tool definitions carry.
+const SCHEMA_TYPES: &[&str] = &[
+    "object", "string", "number", "integer", "boolean", "array", "null",
+];
+
+/// Every string-valued `type` anywhere in the body must be one whose cost its bytes bound: text,
+/// tool calls, schemas. Images, audio, files and the vendor's own tools (web search, code
+/// execution, …) cost what the request does not state, and unknown types are refused with them.
+pub(super) fn types_allowed(value: &Value, allowed: &[&str]) -> Result<(), Unmeterable> {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(kind)) = map.get("type") {
+                if !allowed.contains(&kind.as_str()) && !SCHEMA_TYPES.contains(&kind.as_str()) {
+                    return Err(Unmeterable::Refused(format!(
+                        "content or tools of type `{kind}` cost what the request does not state; \
+                         vault-key meters text and function tools"
+                    )));
+                }
+            }
+            map.values().try_for_each(|v| types_allowed(v, allowed))
+        }
+        Value::Array(items) => items.iter().try_for_each(|v| types_allowed(v, allowed)),
+        _ => Ok(()),
+    }
+}
+
+/// The estimate of a model call: every body byte as an input token at the dearest input price
+/// (a cache write, where dearer), plus `max_output` output tokens, times `n`.
+pub(super) fn estimate(
+    request: &ForwardRequest,
+    price: &ModelPrice,
+    format: UsageFormat,
+    max_output: u64,
+    n: u64,
+) -> Estimate {
+    let input_bound = u64::try_from(request.body.len()).unwrap_or(u64::MAX);
+    let one = Usage {
+        input: 0,
+        cached_input: 0,
+        cache_write: input_bound,
+        output: max_output,
+    };
+    let dearest_input = ModelPrice {
+        cache_write: price.cache_write.max(price.input),
+        ..price.clone()
+    };
+    let single = one.cost(&dearest_input);
+    Estimate {
+        max_cost: Usd::from_micros(single.micros().saturating_mul(n).min(Usd::MAX.micros() + 1)),
+        model: Some(ModelCall {
+            price: price.clone(),
+            format,
+        }),
+        ..Estimate::FREE
+    }
+}
+
+/// The model a request names, with its price.
+pub(super) fn model_price<'a>(
+    body: &Map<String, Value>,
+    prices: &'a PriceTable,
+) -> Result<&'a ModelPrice, Unmeterable> {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Unmeterable::Refused("the body must name its `model`".to_owned()))?;
+    prices.get(model).ok_or_else(|| {
+        Unmeterable::Refused(format!(
+            "no price is known for model `{model}`; add it to the server's price table"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price() -> ModelPrice {
+        ModelPrice {
+            input: "2.50".parse().unwrap(),
+            cached_input: "1.25".parse().unwrap(),
+            cache_write: "2.50".parse().unwrap(),
+            output: "10".parse().unwrap(),
+            max_output_tokens: 16_384,
+        }
+    }
+
+    #[test]
+    fn usage_costs_each_kind_of_token_at_its_price() {
+        let usage = Usage {
+            input: 1_000,
+            cached_input: 2_000,
+            cache_write: 0,
+            output: 500,
+        };
+        // 1000 × 2.50 + 2000 × 1.25 + 500 × 10, per million: $0.0025 + $0.0025 + $0.005.
+        assert_eq!(usage.cost(&price()).micros(), 10_000);
+        assert_eq!(
+            per_million(1, "2.50".parse().unwrap()).micros(),
+            3,
+            "rounded up"
+        );
+    }
+
+    #[test]
+    fn sse_usage_is_read_as_events_pass_whatever_the_chunking() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+                       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n\
+                       data: [DONE]\n\n";
+        for split in [1, 5, 17, stream.len()] {
+            let mut reader = UsageReader::new(UsageFormat::ChatCompletions, true);
+            for chunk in stream.chunks(split) {
+                reader.feed(chunk);
+            }
+            let usage = reader.finish().unwrap();
+            assert_eq!((usage.input, usage.output), (7, 3), "chunks of {split}");
+        }
+        let mut cut = UsageReader::new(UsageFormat::ChatCompletions, true);
+        cut.feed(&stream[..60]);
+        assert_eq!(cut.finish(), None);
+    }
+
+    #[test]
+    fn anthropic_streams_count_input_at_the_start_and_output_at_the_last_delta() {
+        let stream = "event: message_start\n\
+            data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1,\"cache_read_input_tokens\":4}}}\n\n\
+            event: message_delta\n\
+            data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n";
+        let mut reader = UsageReader::new(UsageFormat::AnthropicMessages, true);
+        reader.feed(stream.as_bytes());
+        let usage = reader.finish().unwrap();
+        assert_eq!((usage.input, usage.cached_input, usage.output), (12, 4, 9));
+    }
+}

@@ -1,0 +1,561 @@
+//! OpenAI and Anthropic through the proxy: reservation on the request's bounds, settlement on the
+//! usage the answer reports (JSON or streamed), and everything the meter cannot bound refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use vault_key_server::meter::llm::{ModelPrice, PriceTable, Usage};
+use vault_key_server::Server;
+
+fn model_key(vendor: &str, cap: f64, endpoints: &[&str]) -> Value {
+    json!({
+        "label": format!("{vendor}-test"), "vendor": vendor, "daily_usd_cap": cap,
+        "expires_in": "5m", "allowed_endpoints": endpoints,
+    })
+}
+
+/// A JSON call to a model vendor through the proxy, with the token where that vendor's SDK puts it.
+fn model_call(
+    server: &Server,
+    vendor: &str,
+    token: &str,
+    path: &str,
+    body: &Value,
+    knobs: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
+    let mut request = http()
+        .post(format!("{}/{vendor}{path}", server.url()))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    request = if vendor == "anthropic" {
+        request
+            .header("x-api-key", token)
+            .header("anthropic-version", "2023-06-01")
+    } else {
+        request.bearer_auth(token)
+    };
+    for (name, value) in knobs {
+        request = request.header(*name, *value);
+    }
+    request
+}
+
+fn micros(view: &Value, field: &str) -> u64 {
+    (view[field].as_f64().unwrap() * 1_000_000.0).round() as u64
+}
+
+fn price(vendor: &str, model: &str) -> ModelPrice {
+    let table = if vendor == "openai" {
+        PriceTable::openai()
+    } else {
+        PriceTable::anthropic()
+    };
+    table.get(model).unwrap().clone()
+}
+
+/// The key's view once its calls have settled (settlement follows the end of a stream).
+async fn settled_view(server: &Server, key: &Value) -> Value {
+    for _ in 0..200 {
+        let view = view(server, key).await;
+        if view["reserved_usd"] == json!(0) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    view(server, key).await
+}
+
+#[tokio::test]
+async fn a_chat_completion_settles_on_its_usage_with_n_choices() {
+    let server = start().await;
+    let key = issue(&server, model_key("openai", 1.0, &["/v1/chat/completions"])).await;
+    let body = json!({
+        "model": "gpt-4o-mini", "n": 3, "max_tokens": 5,
+        "messages": [{"role": "user", "content": "one two three four"}],
+    });
+    let (status, answer) = send(model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/chat/completions",
+        &body,
+        &[
+            ("x-sandbox-output-tokens", "9"),
+            ("x-sandbox-cached-tokens", "1"),
+        ],
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"].as_array().unwrap().len(), 3);
+    // Output clamped by the request's own limit: 5 per choice, 15 in all.
+    assert_eq!(answer["usage"]["completion_tokens"], 15);
+    let usage = Usage {
+        input: 3,
+        cached_input: 1,
+        cache_write: 0,
+        output: 15,
+    };
+    let view = settled_view(&server, &key).await;
+    assert_eq!(
+        micros(&view, "spent_today_usd"),
+        usage.cost(&price("openai", "gpt-4o-mini")).micros()
+    );
+}
+
+#[tokio::test]
+async fn the_reservation_is_bounded_by_the_models_ceiling_and_multiplied_by_n() {
+    let server = start().await;
+    let body = |max_tokens: u64, n: u64| {
+        json!({
+            "model": "gpt-4o-mini", "max_tokens": max_tokens, "n": n,
+            "messages": [{"role": "user", "content": "hello"}],
+        })
+    };
+    // gpt-4o-mini: at most 16,384 output tokens at $0.60 per million ≈ $0.0098 per choice.
+    let key = issue(
+        &server,
+        model_key("openai", 0.01, &["/v1/chat/completions"]),
+    )
+    .await;
+    let (status, answer) = send(model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/chat/completions",
+        &body(1_000_000_000, 1),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, 200, "a clamped limit fits in $0.01: {answer}");
+    let (status, refused) = send(model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/chat/completions",
+        &body(1_000_000_000, 2),
+        &[],
+    ))
+    .await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (429, &json!("cap_exhausted")),
+        "{refused}"
+    );
+    let requested = micros(&refused, "requested_usd");
+    assert!(
+        (19_660..20_000).contains(&requested),
+        "n = 2 reserves two ceilings: {requested}"
+    );
+}
+
+#[tokio::test]
+async fn streams_reach_the_client_as_they_come_and_settle_on_the_usage_the_proxy_asked_for() {
+    let server = start().await;
+    let key = issue(&server, model_key("openai", 1.0, &["/v1/chat/completions"])).await;
+    // The client asks for no usage; the proxy asks for it all the same.
+    let body = json!({
+        "model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": false},
+        "messages": [{"role": "user", "content": "stream me five words"}],
+    });
+    let response = model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/chat/completions",
+        &body,
+        &[
+            ("x-sandbox-output-tokens", "6"),
+            ("x-sandbox-chunk-delay-ms", "100"),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    // The first event is here while the stream is still going: nothing is settled yet.
+    assert!(
+        micros(&view(&server, &key).await, "reserved_usd") > 0,
+        "the proxy held the stream back until its end"
+    );
+    let mut text = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(text.contains("\"usage\":{"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let forwarded = server.sandbox().unwrap().received();
+    let sent: Value = serde_json::from_slice(&forwarded[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let usage = Usage {
+        input: 4,
+        cached_input: 0,
+        cache_write: 0,
+        output: 6,
+    };
+    let view = settled_view(&server, &key).await;
+    assert_eq!(
+        micros(&view, "spent_today_usd"),
+        usage.cost(&price("openai", "gpt-4o-mini")).micros()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_short_or_an_answer_without_usage_keeps_its_reservation() {
+    let server = start().await;
+    let key = issue(&server, model_key("openai", 1.0, &["/v1/chat/completions"])).await;
+    let body = json!({
+        "model": "gpt-4o-mini", "stream": true, "max_tokens": 100,
+        "messages": [{"role": "user", "content": "cut"}],
+    });
+    let response = model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/chat/completions",
+        &body,
+        // Paced, so that the answer's head is out before the break.
+        &[
+            ("x-sandbox-cut-after", "3"),
+            ("x-sandbox-chunk-delay-ms", "50"),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut broke = false;
+    while let Some(chunk) = stream.next().await {
+        if chunk.is_err() {
+            broke = true;
+            break;
+        }
+    }
+    assert!(broke, "the client sees the stream break");
+    let plain = json!({
+        "model": "gpt-4o-mini", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "no usage"}],
+    });
+    let (status, _) = send(model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/chat/completions",
+        &plain,
+        &[("x-sandbox-omit-usage", "1")],
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let mut events = Value::Null;
+    for _ in 0..200 {
+        events = admin_get(
+            &server,
+            &format!("/v1/keys/{}/events", key["id"].as_str().unwrap()),
+        )
+        .await
+        .1;
+        let unsettled = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["settled_usd"].is_null() && e["reserved_usd"] != json!(0))
+            .count();
+        if unsettled == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let view = view(&server, &key).await;
+    assert_eq!(micros(&view, "spent_today_usd"), 0, "{view}");
+    assert!(micros(&view, "reserved_usd") > 0, "{view}");
+    assert_eq!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["settled_usd"].is_null())
+            .count(),
+        2,
+        "{events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_that_together_exceed_the_cap_are_admitted_exactly() {
+    let server = start().await;
+    let body = json!({
+        "model": "gpt-4o-mini", "max_tokens": 10000,
+        "messages": [{"role": "user", "content": "concurrent"}],
+    });
+    // Learn one call's reservation from a refusal, then give a key room for exactly five.
+    let probe = issue(
+        &server,
+        model_key("openai", 0.000001, &["/v1/chat/completions"]),
+    )
+    .await;
+    let (_, refused) = send(model_call(
+        &server,
+        "openai",
+        token(&probe),
+        "/v1/chat/completions",
+        &body,
+        &[],
+    ))
+    .await;
+    let one = micros(&refused, "requested_usd");
+    let cap = (one * 5 + one / 2) as f64 / 1_000_000.0;
+    let key = issue(&server, model_key("openai", cap, &["/v1/chat/completions"])).await;
+    let calls = (0..20).map(|_| {
+        let request = model_call(
+            &server,
+            "openai",
+            token(&key),
+            "/v1/chat/completions",
+            &body,
+            &[("x-sandbox-delay-ms", "1500")],
+        );
+        tokio::spawn(async move { send(request).await.0 })
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        15,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn responses_and_embeddings_settle_on_their_usage() {
+    let server = start().await;
+    let key = issue(
+        &server,
+        model_key("openai", 1.0, &["/v1/responses", "/v1/embeddings"]),
+    )
+    .await;
+    for stream in [false, true] {
+        let body = json!({"model": "gpt-4.1-mini", "input": "three little words", "stream": stream, "max_output_tokens": 50});
+        let response = model_call(&server, "openai", token(&key), "/v1/responses", &body, &[])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = response.bytes().await.unwrap();
+    }
+    let (status, answer) = send(model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/embeddings",
+        &json!({"model": "text-embedding-3-small", "input": ["a b", "c d e"]}),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let responses = Usage {
+        input: 3,
+        cached_input: 0,
+        cache_write: 0,
+        output: 8,
+    }
+    .cost(&price("openai", "gpt-4.1-mini"));
+    let embeddings = Usage {
+        input: 5,
+        cached_input: 0,
+        cache_write: 0,
+        output: 0,
+    }
+    .cost(&price("openai", "text-embedding-3-small"));
+    let view = settled_view(&server, &key).await;
+    assert_eq!(
+        micros(&view, "spent_today_usd"),
+        responses.micros() * 2 + embeddings.micros()
+    );
+}
+
+#[tokio::test]
+async fn anthropic_messages_take_the_token_in_x_api_key_and_settle_streamed_or_not() {
+    let server = start().await;
+    let key = issue(&server, model_key("anthropic", 1.0, &["/v1/messages"])).await;
+    assert_eq!(key["token_placement"]["header"], "x-api-key");
+    for stream in [false, true] {
+        let body = json!({
+            "model": "claude-3-5-haiku", "max_tokens": 64, "stream": stream,
+            "messages": [{"role": "user", "content": "hello there claude"}],
+        });
+        let response = model_call(
+            &server,
+            "anthropic",
+            token(&key),
+            "/v1/messages",
+            &body,
+            &[],
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = response.bytes().await.unwrap();
+    }
+    let one = Usage {
+        input: 3,
+        cached_input: 0,
+        cache_write: 0,
+        output: 8,
+    }
+    .cost(&price("anthropic", "claude-3-5-haiku"));
+    let view = settled_view(&server, &key).await;
+    assert_eq!(micros(&view, "spent_today_usd"), one.micros() * 2);
+    // The upstream got the real secret in x-api-key, and no vault token anywhere.
+    for received in server.sandbox().unwrap().received() {
+        assert!(received
+            .headers
+            .iter()
+            .any(|(n, v)| n == "x-api-key" && v == "sk_test_vaultkey_sandbox"));
+        assert!(received.headers.iter().all(|(_, v)| !v.contains("vk_")));
+    }
+    // A Bearer token is not where Anthropic's SDK puts its key.
+    let (status, _) = send(
+        http()
+            .post(format!("{}/anthropic/v1/messages", server.url()))
+            .bearer_auth(token(&key))
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn model_calls_the_meter_cannot_bound_are_refused() {
+    let server = start().await;
+    let openai = issue(&server, model_key("openai", 100.0, &["/v1/**"])).await;
+    let anthropic = issue(&server, model_key("anthropic", 100.0, &["/v1/**"])).await;
+    let chat = |extra: Value| {
+        let mut body =
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let refused_openai = [
+        chat(json!({"model": "gpt-unknown"})),
+        chat(json!({"max_tokens": 5, "max_completion_tokens": 5})),
+        chat(json!({"max_tokens": 0})),
+        chat(json!({"n": 0})),
+        chat(
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+        ),
+        chat(json!({"tools": [{"type": "web_search_preview"}]})),
+        chat(json!({"audio": {"voice": "alloy"}})),
+        chat(json!({"service_tier": "priority"})),
+    ];
+    for body in &refused_openai {
+        let (status, answer) = send(model_call(
+            &server,
+            "openai",
+            token(&openai),
+            "/v1/chat/completions",
+            body,
+            &[],
+        ))
+        .await;
+        assert_eq!(
+            (status, &answer["code"]),
+            (400, &json!("unmeterable_request")),
+            "{body}"
+        );
+        assert_eq!(
+            answer["error"]["code"], "unmeterable_request",
+            "OpenAI's envelope: {answer}"
+        );
+    }
+    // A key given twice is read one way by us and maybe another by the vendor: refused.
+    let duplicated = http()
+        .post(format!("{}/openai/v1/chat/completions", server.url()))
+        .bearer_auth(token(&openai))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-4o-mini","max_tokens":1,"max_tokens":100000,"messages":[]}"#);
+    let (status, answer) = send(duplicated).await;
+    assert_eq!(
+        (status, &answer["code"]),
+        (400, &json!("unmeterable_request")),
+        "{answer}"
+    );
+    let responses_with_state =
+        json!({"model": "gpt-4o-mini", "input": "hi", "previous_response_id": "resp_1"});
+    let (status, _) = send(model_call(
+        &server,
+        "openai",
+        token(&openai),
+        "/v1/responses",
+        &responses_with_state,
+        &[],
+    ))
+    .await;
+    assert_eq!(status, 400);
+    let (status, answer) = send(model_call(
+        &server,
+        "openai",
+        token(&openai),
+        "/v1/images/generations",
+        &json!({"model": "gpt-image-1", "prompt": "x"}),
+        &[],
+    ))
+    .await;
+    assert_eq!(
+        (status, &answer["code"]),
+        (400, &json!("unmeterable_request")),
+        "{answer}"
+    );
+    let no_max =
+        json!({"model": "claude-3-5-haiku", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, answer) = send(model_call(
+        &server,
+        "anthropic",
+        token(&anthropic),
+        "/v1/messages",
+        &no_max,
+        &[],
+    ))
+    .await;
+    assert_eq!(
+        (status, &answer["code"]),
+        (400, &json!("unmeterable_request")),
+        "{answer}"
+    );
+    assert_eq!(answer["type"], "error", "Anthropic's envelope: {answer}");
+    assert_eq!(answer["error"]["type"], "invalid_request_error");
+    let (status, _) = send(model_call(
+        &server,
+        "anthropic",
+        token(&anthropic),
+        "/v1/messages/count_tokens",
+        &json!({"model": "claude-3-5-haiku", "messages": [{"role": "user", "content": "a b"}]}),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, 200, "counting tokens is free");
+    assert!(server
+        .sandbox()
+        .unwrap()
+        .received()
+        .iter()
+        .all(|r| r.path.ends_with("/count_tokens")));
+}
