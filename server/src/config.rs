@@ -219,6 +219,8 @@ impl ServerConfig {
                 let base = vendor_file.base_url.as_deref().unwrap_or(default_base);
                 (Upstream::Url(base_url(name, base)?), secret)
             } else {
+                // Not served without a secret, but a broken entry is still an error.
+                built_in_vendor(name, vendor_file, Upstream::Sandbox, SecretString::from(""))?;
                 continue;
             };
             self.vendors
@@ -487,6 +489,43 @@ mod tests {
     }
 
     #[test]
+    fn model_prices_from_the_file_replace_and_extend_the_built_in_table() {
+        let file = ConfigFile::parse(
+            "[vendors.openai.prices.\"gpt-4o\"]\ninput = \"5\"\noutput = \"20\"\nmax_output_tokens = 100\n\
+             [vendors.openai.prices.\"my-finetune\"]\ninput = \"1\"\ncached_input = \"0.5\"\noutput = \"2\"\nmax_output_tokens = 10",
+            "t.toml",
+        )
+        .unwrap();
+        let mut config = ServerConfig::new(SecretString::from("a".repeat(20)));
+        let env = |var: &str| (var == "OPENAI_API_KEY").then(|| "sk-real".to_owned());
+        config.apply(&file, &env, false).unwrap();
+        let openai = config.vendors.iter().find(|v| v.name == "openai").unwrap();
+        let Meter::OpenAi(meter) = &openai.meter else {
+            panic!("{:?}", openai.meter)
+        };
+        let prices = meter.prices();
+        assert_eq!(prices.get("gpt-4o").unwrap().input, "5".parse().unwrap());
+        assert_eq!(prices.get("gpt-4o").unwrap().max_output_tokens, 100);
+        let finetune = prices.get("my-finetune").unwrap();
+        assert_eq!(finetune.cached_input, "0.5".parse().unwrap());
+        assert_eq!(
+            finetune.cache_write, finetune.input,
+            "defaults to the input price"
+        );
+        assert!(
+            prices.get("gpt-4o-mini").is_some(),
+            "the rest of the table stays"
+        );
+        assert_eq!(
+            openai.auth,
+            VendorAuth::Bearer,
+            "OpenAI's SDKs send `Authorization: Bearer`"
+        );
+        let anthropic = config.vendors.iter().find(|v| v.name == "anthropic");
+        assert!(anthropic.is_none(), "no secret, not served");
+    }
+
+    #[test]
     fn bad_vendor_entries_are_refused() {
         for toml in [
             "[vendors.v1]\nbase_url = \"http://x\"\nsecret = \"s\"",
@@ -498,6 +537,8 @@ mod tests {
             "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\nfree_routes = [\"GET\"]",
             "[vendors.acme]\nbase_url = \"http://x\"\nsecret = \"s\"\nfree_routes = [\"get /v1/x\"]",
             "[vendors.stripe]\nfree_routes = [\"POST /v1/../x\"]",
+            "[vendors.openai.prices.\"gpt-x\"]\ninput = \"-1\"\noutput = \"1\"\nmax_output_tokens = 1",
+            "[vendors.stripe.prices.\"gpt-x\"]\ninput = \"1\"\noutput = \"1\"\nmax_output_tokens = 1",
         ] {
             let file = ConfigFile::parse(toml, "t.toml").unwrap();
             let mut config = ServerConfig::new(SecretString::from("a".repeat(20)));

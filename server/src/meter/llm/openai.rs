@@ -65,6 +65,11 @@ impl OpenAiMeter {
         OpenAiMeter { prices }
     }
 
+    /// The prices it meters at.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+
     /// A streamed chat completion reports its usage only when asked: the proxy asks, whatever the
     /// client said (a client's `include_usage: false` cannot make a call free).
     pub(in crate::meter) fn prepare(
