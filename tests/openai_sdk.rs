@@ -53,6 +53,14 @@ async fn the_unmodified_openai_sdk_works_through_the_proxy() {
         .await
         .unwrap();
     let openai = sdk(&key);
+    // The runtime's convenience builds the same configuration.
+    let convenient = async_openai::Client::with_config(key.openai_config());
+    let answer = convenient
+        .chat()
+        .create(chat("via the runtime", 3))
+        .await
+        .unwrap();
+    assert_eq!(answer.usage.unwrap().completion_tokens, 3);
 
     let answer = openai.chat().create(chat("hello there", 20)).await.unwrap();
     let usage = answer.usage.unwrap();

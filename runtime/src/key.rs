@@ -140,6 +140,32 @@ impl VaultKey {
         url
     }
 
+    /// An [`async_openai`] configuration aimed at the proxy with this key's token: a client built
+    /// from it is the unmodified SDK, metered and capped by this key.
+    ///
+    /// ```no_run
+    /// # async fn run(key: &vault_key::VaultKey) -> Result<(), Box<dyn std::error::Error>> {
+    /// use async_openai::types::chat::{
+    ///     ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    /// };
+    ///
+    /// let openai = async_openai::Client::with_config(key.openai_config());
+    /// let request = CreateChatCompletionRequestArgs::default()
+    ///     .model("gpt-4o-mini")
+    ///     .max_completion_tokens(200u32) // bounds what the call reserves against the cap
+    ///     .messages([ChatCompletionRequestUserMessageArgs::default().content("hi").build()?.into()])
+    ///     .build()?;
+    /// let answer = openai.chat().create(request).await?;
+    /// # let _ = answer; Ok(()) }
+    /// ```
+    #[cfg(feature = "async-openai")]
+    pub fn openai_config(&self) -> async_openai::config::OpenAIConfig {
+        async_openai::config::OpenAIConfig::new()
+            // The SDK joins `/chat/completions` onto a base that ends in `/v1`.
+            .with_api_base(format!("{}v1", self.base_url()))
+            .with_api_key(self.token.expose_secret())
+    }
+
     /// A request through the proxy with this key's token where the vendor's SDK would put it.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let (header, value) = self.credential();
