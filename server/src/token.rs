@@ -75,12 +75,32 @@ pub fn appears_in(bytes: &[u8]) -> bool {
         .any(|window| std::str::from_utf8(window).is_ok_and(is_well_formed))
 }
 
-/// Whether a vault token appears in a body as it is, or once its form encoding is decoded
-/// (`%76k_…`): either way it would reach the vendor as a token.
+/// Whether a vault token appears in a body as it is, once its form encoding is decoded
+/// (`%76k_…`), or once its JSON escapes are (`\u0076k_…`): any way, it would reach the vendor
+/// as a token.
 pub fn appears_in_body(body: &[u8]) -> bool {
     appears_in(body)
         || form_urlencoded::parse(body)
             .any(|(name, value)| appears_in(name.as_bytes()) || appears_in(value.as_bytes()))
+        || (has_json_escape(body)
+            && serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| in_json(&v)))
+}
+
+/// Whether `body` has a JSON `\u` escape (the only escape that can spell a token's characters).
+fn has_json_escape(body: &[u8]) -> bool {
+    body.windows(2).any(|pair| pair == b"\\u")
+}
+
+fn in_json(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => appears_in(text.as_bytes()),
+        Value::Array(items) => items.iter().any(in_json),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| appears_in(key.as_bytes()) || in_json(value)),
+        _ => false,
+    }
 }
 
 /// A public id for a key: `key_` + 22 base62 characters (131 bits). Safe to log.
@@ -144,6 +164,13 @@ mod tests {
         assert!(!appears_in(escaped.as_bytes()));
         assert!(appears_in_body(escaped.as_bytes()));
         assert!(!appears_in_body(b"description=plain"));
+        let json = format!(
+            r#"{{"messages":[{{"content":"\u0076k_{}"}}]}}"#,
+            &token[3..]
+        );
+        assert!(!appears_in(json.as_bytes()));
+        assert!(appears_in_body(json.as_bytes()));
+        assert!(!appears_in_body(br#"{"content":"\u0076k_short"}"#));
     }
 
     #[test]

@@ -559,3 +559,311 @@ async fn model_calls_the_meter_cannot_bound_are_refused() {
         .iter()
         .all(|r| r.path.ends_with("/count_tokens")));
 }
+
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+/// What a vendor would bill beyond what the request shows: headers that switch features on,
+/// fields the meter was not written for, items that bring stored content in.
+#[tokio::test]
+async fn what_the_vendor_would_add_to_a_call_is_refused() {
+    let server = start().await;
+    let openai = issue(&server, model_key("openai", 100.0, &["/v1/**"])).await;
+    let anthropic = issue(&server, model_key("anthropic", 100.0, &["/v1/**"])).await;
+    let respond = |extra: Value| {
+        let mut body = json!({"model": "gpt-4o-mini", "max_output_tokens": 16, "input": "hi"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let message = |extra: Value| {
+        let mut body = json!({
+            "model": "claude-3-5-haiku", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let no_headers: Headers = &[];
+    let refused: Vec<(&str, &str, Value, Headers)> = vec![
+        // An item referenced by id alone brings stored input the request does not show.
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"input": [{"id": "msg_1"}]})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"input": [{"type": "item_reference", "id": "msg_1"}]})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"input": [{"role": "user", "content": [{"text": "untyped"}]}]})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"prompt": {"id": "pmpt_1"}})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"background": true})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"conversation": "conv_1"})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"service_tier": "priority"})),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": [], "prediction": {"type": "content", "content": "x"}}),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({})),
+            &[("openai-beta", "responses=v2")],
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            message(json!({"container": "container_1"})),
+            no_headers,
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            message(json!({"mcp_servers": []})),
+            no_headers,
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            message(json!({"service_tier": "priority"})),
+            no_headers,
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            message(json!({})),
+            &[("anthropic-beta", "output-128k-2025-02-19")],
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            message(json!({})),
+            &[("anthropic-beta", "context-1m-2025-08-07")],
+        ),
+    ];
+    for (vendor, path, body, headers) in &refused {
+        let key = if *vendor == "openai" {
+            &openai
+        } else {
+            &anthropic
+        };
+        let (status, answer) =
+            send(model_call(&server, vendor, token(key), path, body, headers)).await;
+        assert_eq!(
+            (status, &answer["code"]),
+            (400, &json!("unmeterable_request")),
+            "{vendor} {path} {body} {headers:?}: {answer}"
+        );
+    }
+    // A vault token spelled with JSON escapes is still a vault token.
+    let escaped = format!(r"\u0076\u006b{}", &token(&openai)[2..]);
+    let (status, answer) = send(
+        http()
+            .post(format!("{}/openai/v1/embeddings", server.url()))
+            .bearer_auth(token(&openai))
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"model":"text-embedding-3-small","input":"{escaped}"}}"#
+            )),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        server.sandbox().unwrap().received().is_empty(),
+        "nothing reached the vendor"
+    );
+}
+
+/// The call as the vendor bills it: at the standard tier (the priced one) whatever the client
+/// left to the vendor, with the tool prompt the request does not show, settled once it ends.
+#[tokio::test]
+async fn calls_are_billed_as_metered_tier_tools_and_endings() {
+    let server = start().await;
+    let openai = issue(&server, model_key("openai", 1.0, &["/v1/**"])).await;
+    let anthropic = issue(&server, model_key("anthropic", 1.0, &["/v1/**"])).await;
+
+    // Left to the vendor (`auto`, or nothing), the tier is pinned to the standard one.
+    for tier in [None, Some("auto")] {
+        let mut body = json!({"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(tier) = tier {
+            body["service_tier"] = json!(tier);
+        }
+        let (status, answer) = send(model_call(
+            &server,
+            "openai",
+            token(&openai),
+            "/v1/chat/completions",
+            &body,
+            &[],
+        ))
+        .await;
+        assert_eq!((status, &answer["service_tier"]), (200, &json!("default")));
+    }
+    let tiers: Vec<Value> = server
+        .sandbox()
+        .unwrap()
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["service_tier"].clone())
+        .collect();
+    assert_eq!(tiers, [json!("default"), json!("default")]);
+
+    // Anthropic adds a tool-use system prompt of its own: the reservation covers it.
+    let with_tools = json!({
+        "model": "claude-3-5-haiku", "max_tokens": 4,
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+    });
+    let (status, answer) = send(model_call(
+        &server,
+        "anthropic",
+        token(&anthropic),
+        "/v1/messages",
+        &with_tools,
+        &[],
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let input = answer["usage"]["input_tokens"].as_u64().unwrap();
+    assert!(
+        input > with_tools.to_string().len() as u64,
+        "the sandbox bills the hidden prompt: {input} tokens"
+    );
+    let received = server.sandbox().unwrap().received();
+    let forwarded: Value = serde_json::from_slice(&received.last().unwrap().body).unwrap();
+    assert_eq!(forwarded["service_tier"], "standard_only");
+    let events = settled_events(&server, &anthropic, 1).await;
+    let call = &events[0];
+    let cost = Usage {
+        input,
+        cached_input: 0,
+        cache_write: 0,
+        output: 4,
+    }
+    .cost(&price("anthropic", "claude-3-5-haiku"));
+    assert_eq!(micros(call, "settled_usd"), cost.micros(), "{call}");
+    assert!(
+        micros(call, "reserved_usd") >= cost.micros(),
+        "reserved at least what was billed: {call}"
+    );
+
+    // An Anthropic stream cut after `message_start` (which reports one output token so far)
+    // keeps its reservation: its output was still growing.
+    let streamed = json!({
+        "model": "claude-3-5-haiku", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": "cut me"}],
+    });
+    let response = model_call(
+        &server,
+        "anthropic",
+        token(&anthropic),
+        "/v1/messages",
+        &streamed,
+        &[
+            ("x-sandbox-cut-after", "4"),
+            ("x-sandbox-chunk-delay-ms", "20"),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.is_err(), "the stream breaks");
+    let events = unsettled_events(&server, &anthropic, 1).await;
+    assert!(micros(&events[0], "reserved_usd") > 0, "{events:?}");
+
+    // A response stopped by its `max_output_tokens` ends `incomplete`, and settles on its usage.
+    let response = model_call(
+        &server,
+        "openai",
+        token(&openai),
+        "/v1/responses",
+        &json!({"model": "gpt-4o-mini", "max_output_tokens": 3, "input": "a b", "stream": true}),
+        &[("x-sandbox-output-tokens", "50")],
+    )
+    .send()
+    .await
+    .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.contains("response.incomplete"), "{text}");
+    let view = settled_view(&server, &openai).await;
+    assert_eq!(micros(&view, "reserved_usd"), 0, "settled: {view}");
+}
+
+/// The key's calls once `count` of them have settled.
+async fn settled_events(server: &Server, key: &Value, count: usize) -> Vec<Value> {
+    key_events(server, key, count, |e| !e["settled_usd"].is_null()).await
+}
+
+/// The key's calls once `count` of them are left unsettled, their outcome unknown.
+async fn unsettled_events(server: &Server, key: &Value, count: usize) -> Vec<Value> {
+    key_events(server, key, count, |e| {
+        e["settled_usd"].is_null() && e["reserved_usd"] != json!(0)
+    })
+    .await
+}
+
+async fn key_events(
+    server: &Server,
+    key: &Value,
+    count: usize,
+    wanted: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let path = format!("/v1/keys/{}/events", key["id"].as_str().unwrap());
+    let mut found = Vec::new();
+    for _ in 0..200 {
+        let events = admin_get(server, &path).await.1;
+        found = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| wanted(e))
+            .cloned()
+            .collect();
+        if found.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(found.len(), count, "{found:?}");
+    found
+}

@@ -143,16 +143,19 @@ pub enum Meter {
 
 impl Meter {
     /// Rewrites the request before it is judged and forwarded, where the vendor must be asked to
-    /// report what the call cost (OpenAI streams: `stream_options.include_usage`).
+    /// report what the call cost (OpenAI streams: `stream_options.include_usage`) or to bill it
+    /// at the price the meter knows (model calls: the standard service tier).
     pub fn prepare(&self, request: &mut ForwardRequest) -> Result<(), Unmeterable> {
         match self {
             Meter::OpenAi(openai) => openai.prepare(request),
-            Meter::Stripe(_) | Meter::Anthropic(_) | Meter::Flat(_) => Ok(()),
+            Meter::Anthropic(anthropic) => anthropic.prepare(request),
+            Meter::Stripe(_) | Meter::Flat(_) => Ok(()),
         }
     }
 
     /// The most `request` can cost.
     pub fn estimate(&self, request: &ForwardRequest) -> Result<Estimate, Unmeterable> {
+        self.vendor_headers_known(&request.headers)?;
         match self {
             Meter::Stripe(stripe) => stripe.estimate(request),
             Meter::OpenAi(openai) => openai.estimate(request),
@@ -161,6 +164,31 @@ impl Meter {
                 max_cost: *cost,
                 ..Estimate::FREE
             }),
+        }
+    }
+
+    /// Headers in the vendor's own namespace switch its features on (`anthropic-beta:
+    /// output-128k-…` raises the output ceiling, `context-1m-…` the input price): each one the
+    /// meter was not written for is refused, so that no header changes what a call may cost.
+    fn vendor_headers_known(&self, headers: &HeaderMap) -> Result<(), Unmeterable> {
+        let (prefixes, known): (&[&str], &[&str]) = match self {
+            Meter::Stripe(_) => (
+                &["stripe-", "x-stripe-"],
+                &["stripe-version", "x-stripe-client-user-agent"],
+            ),
+            Meter::OpenAi(_) => (&["openai-", "x-openai-"], &[]),
+            Meter::Anthropic(_) => (&["anthropic-", "x-anthropic-"], &["anthropic-version"]),
+            // A configured vendor costs the same per call whatever its headers say.
+            Meter::Flat(_) => return Ok(()),
+        };
+        match headers.keys().find(|name| {
+            prefixes.iter().any(|p| name.as_str().starts_with(p)) && !known.contains(&name.as_str())
+        }) {
+            Some(name) => Err(Unmeterable::Refused(format!(
+                "the `{name}` header changes what the vendor does in ways vault-key does not \
+                 meter; send the request without it"
+            ))),
+            None => Ok(()),
         }
     }
 

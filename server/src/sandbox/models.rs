@@ -244,6 +244,14 @@ impl Call {
     }
 }
 
+/// The tier an OpenAI call ran at: the one it asked for, the default otherwise.
+fn service_tier(request: &Value) -> &str {
+    match request["service_tier"].as_str() {
+        None | Some("auto") => "default",
+        Some(tier) => tier,
+    }
+}
+
 fn data(event: &Value) -> String {
     format!("data: {event}\n\n")
 }
@@ -284,7 +292,7 @@ fn chat(call: &Call, request: &Value) -> Response {
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": call.model,
             "choices": choices, "usage": usage, "system_fingerprint": "fp_sandbox",
-            "service_tier": "default",
+            "service_tier": service_tier(request),
         }))
         .into_response();
     }
@@ -333,16 +341,29 @@ fn responses(call: &Call, request: &Value) -> Response {
         "type": "message", "id": next_id("msg"), "status": "completed", "role": "assistant",
         "content": [{"type": "output_text", "text": call.text(), "annotations": []}],
     });
+    // A response stopped by `max_output_tokens` ends incomplete, as OpenAI's do.
+    let (end, incomplete) = if call.stopped_by_limit() {
+        ("incomplete", json!({"reason": "max_output_tokens"}))
+    } else {
+        ("completed", Value::Null)
+    };
+    let tier = service_tier(request);
     let response = |status: &str, output: Value, usage: Value| {
+        let incomplete = if status == "incomplete" {
+            incomplete.clone()
+        } else {
+            Value::Null
+        };
         json!({
             "id": id, "object": "response", "created_at": time::OffsetDateTime::now_utc().unix_timestamp(),
             "status": status, "model": call.model, "output": output, "usage": usage,
-            "error": null, "incomplete_details": null, "parallel_tool_calls": true, "tools": [],
+            "error": null, "incomplete_details": incomplete, "parallel_tool_calls": true, "tools": [],
             "tool_choice": "auto", "temperature": 1.0, "top_p": 1.0, "metadata": {},
+            "service_tier": tier,
         })
     };
     if !call.stream {
-        return Json(response("completed", json!([message]), usage)).into_response();
+        return Json(response(end, json!([message]), usage)).into_response();
     }
     let mut events = vec![named(
         "response.created",
@@ -354,9 +375,10 @@ fn responses(call: &Call, request: &Value) -> Response {
             &json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "tok "}),
         ));
     }
+    let event = format!("response.{end}");
     events.push(named(
-        "response.completed",
-        &json!({"type": "response.completed", "response": response("completed", json!([message]), usage)}),
+        &event,
+        &json!({"type": event, "response": response(end, json!([message]), usage)}),
     ));
     call.events(events)
 }
@@ -379,6 +401,9 @@ fn embeddings(call: &Call, request: &Value) -> Response {
     .into_response()
 }
 
+/// The tokens of Anthropic's tool-use system prompt (Claude 4, `tool_choice` auto, as documented).
+const ANTHROPIC_TOOL_PROMPT_TOKENS: u64 = 346;
+
 fn messages(call: &Call, request: &Value) -> Response {
     if call.limit.is_none() {
         return error(
@@ -388,7 +413,13 @@ fn messages(call: &Call, request: &Value) -> Response {
             "max_tokens: Field required",
         );
     }
-    let input = words(&request["messages"]) + words(&request["system"]);
+    // Tools bring Anthropic's own tool-use system prompt, which the request does not show.
+    let tool_prompt = if request["tools"].is_array() {
+        ANTHROPIC_TOOL_PROMPT_TOKENS
+    } else {
+        0
+    };
+    let input = words(&request["messages"]) + words(&request["system"]) + tool_prompt;
     let cached = call.cached.min(input);
     let stop = if call.stopped_by_limit() {
         "max_tokens"
@@ -400,6 +431,7 @@ fn messages(call: &Call, request: &Value) -> Response {
         json!({
             "input_tokens": input - cached, "output_tokens": output,
             "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+            "service_tier": "standard",
         })
     };
     if !call.stream {

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::{
-    estimate, model_price, output_limit, strict_json_object, types_allowed, PriceTable, Usage,
-    UsageFormat,
+    estimate, items_inline, model_request, output_limit, pin_service_tier, rewrite_body,
+    PriceTable, Usage, UsageFormat,
 };
 use crate::meter::{Estimate, ForwardRequest, Unmeterable};
 
@@ -25,6 +25,25 @@ const TEXT_TYPES: &[&str] = &[
     "ephemeral",
 ];
 
+/// Message fields whose cost the meter bounds. Not `container` or `mcp_servers` (tools run and
+/// billed apart), not `context_management`.
+const MESSAGE_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "metadata",
+    "service_tier",
+    "stop_sequences",
+    "stream",
+    "system",
+    "temperature",
+    "thinking",
+    "tool_choice",
+    "tools",
+    "top_k",
+    "top_p",
+];
+
 /// The Anthropic cost meter.
 #[derive(Debug, Clone)]
 pub struct AnthropicMeter {
@@ -35,6 +54,21 @@ impl AnthropicMeter {
     /// A meter with these prices.
     pub fn new(prices: PriceTable) -> AnthropicMeter {
         AnthropicMeter { prices }
+    }
+
+    /// A message that leaves its service tier to Anthropic (`auto`, the default, may run at the
+    /// priority tier) is pinned to the standard tier, the one priced.
+    pub(in crate::meter) fn prepare(
+        &self,
+        request: &mut ForwardRequest,
+    ) -> Result<(), Unmeterable> {
+        if !is_messages(request) {
+            return Ok(());
+        }
+        rewrite_body(request, |body| {
+            pin_service_tier(body, "standard_only");
+            Ok(())
+        })
     }
 
     pub(in crate::meter) fn estimate(
@@ -53,16 +87,20 @@ impl AnthropicMeter {
                 )))
             }
         }
-        if request.query.is_some() {
+        let (body, price) = model_request(request, &self.prices, MESSAGE_FIELDS, TEXT_TYPES)?;
+        items_inline(body.get("messages"))?;
+        if body
+            .get("service_tier")
+            .is_some_and(|tier| tier != "standard_only")
+        {
             return Err(Unmeterable::Refused(
-                "a model call takes its parameters from the body only".to_owned(),
+                "a `service_tier` other than `standard_only` may be billed above the metered \
+                 price"
+                    .to_owned(),
             ));
         }
-        let body = strict_json_object(request)?;
-        let price = model_price(&body, &self.prices)?;
-        types_allowed(&Value::Object(body.clone()), TEXT_TYPES)?;
         // A one-hour cache write is billed at twice the input price, above `cache_write`.
-        if contains_key(&Value::Object(body.clone()), "ttl") {
+        if body.contains_key("ttl") || body.values().any(|v| contains_key(v, "ttl")) {
             return Err(Unmeterable::Refused(
                 "a cache `ttl` other than the default is billed above the metered price".to_owned(),
             ));
@@ -70,12 +108,17 @@ impl AnthropicMeter {
         let max_output = output_limit(&body, &["max_tokens"], price, true)?;
         Ok(estimate(
             request,
+            &body,
             price,
             UsageFormat::AnthropicMessages,
             max_output,
             1,
         ))
     }
+}
+
+fn is_messages(request: &ForwardRequest) -> bool {
+    request.method == http::Method::POST && request.path == "/v1/messages"
 }
 
 fn contains_key(value: &Value, key: &str) -> bool {
@@ -87,13 +130,28 @@ fn contains_key(value: &Value, key: &str) -> bool {
 }
 
 /// Message usage: `input_tokens`, cache reads and writes, `output_tokens`.
-pub(super) fn usage(usage: &Value) -> Option<Usage> {
-    Some(Usage {
-        input: usage.get("input_tokens")?.as_u64()?,
-        cached_input: usage["cache_read_input_tokens"].as_u64().unwrap_or(0),
-        cache_write: usage["cache_creation_input_tokens"].as_u64().unwrap_or(0),
-        output: usage["output_tokens"].as_u64().unwrap_or(0),
-    })
+pub(super) fn usage(reported: &Value) -> Option<Usage> {
+    let mut usage = Usage {
+        input: reported.get("input_tokens")?.as_u64()?,
+        ..Usage::default()
+    };
+    update_usage(&mut usage, reported);
+    Some(usage)
+}
+
+/// Replaces the counts `reported` gives (a stream's `message_delta` gives cumulative counts,
+/// some or all of them).
+pub(super) fn update_usage(usage: &mut Usage, reported: &Value) {
+    for (field, count) in [
+        ("input_tokens", &mut usage.input),
+        ("cache_read_input_tokens", &mut usage.cached_input),
+        ("cache_creation_input_tokens", &mut usage.cache_write),
+        ("output_tokens", &mut usage.output),
+    ] {
+        if let Some(reported) = reported[field].as_u64() {
+            *count = reported;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -101,7 +101,10 @@ pub struct UsageReader {
     /// The answer so far, for a JSON body; the current unfinished line, for a stream.
     pending: Vec<u8>,
     streamed: bool,
+    /// Usage final for the call (a stream's is only once its last event says so).
     usage: Option<Usage>,
+    /// An Anthropic stream's usage so far, final at `message_stop`.
+    partial: Option<Usage>,
     overflowed: bool,
 }
 
@@ -117,6 +120,7 @@ impl UsageReader {
             pending: Vec::new(),
             streamed,
             usage: None,
+            partial: None,
             overflowed: false,
         }
     }
@@ -163,23 +167,28 @@ impl UsageReader {
                 }
             }
             UsageFormat::Responses => {
-                if event["type"] == "response.completed" {
+                // A response ends completed, incomplete (at `max_output_tokens`) or failed; each
+                // reports what it used.
+                if matches!(
+                    event["type"].as_str(),
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                ) {
                     self.usage = openai::responses_usage(&event["response"]["usage"]);
                 }
             }
             UsageFormat::AnthropicMessages => match event["type"].as_str() {
                 Some("message_start") => {
-                    self.usage = anthropic::usage(&event["message"]["usage"]);
+                    self.partial = anthropic::usage(&event["message"]["usage"]);
                 }
                 Some("message_delta") => {
-                    // Output so far is cumulative; input was counted at the start.
-                    if let (Some(usage), Some(output)) = (
-                        self.usage.as_mut(),
-                        event["usage"]["output_tokens"].as_u64(),
-                    ) {
-                        usage.output = output;
+                    // Counts here are cumulative, and replace those of `message_start`.
+                    if let Some(usage) = self.partial.as_mut() {
+                        anthropic::update_usage(usage, &event["usage"]);
                     }
                 }
+                // Until the message stops, its output may still grow: a stream cut before then
+                // keeps its reservation.
+                Some("message_stop") => self.usage = self.partial,
                 _ => {}
             },
         }
@@ -359,7 +368,7 @@ const SCHEMA_TYPES: &[&str] = &[
 /// Every string-valued `type` anywhere in the body must be one whose cost its bytes bound: text,
 /// tool calls, schemas. Images, audio, files and the vendor's own tools (web search, code
 /// execution, …) cost what the request does not state, and unknown types are refused with them.
-pub(super) fn types_allowed(value: &Value, allowed: &[&str]) -> Result<(), Unmeterable> {
+fn types_allowed(value: &Value, allowed: &[&str]) -> Result<(), Unmeterable> {
     match value {
         Value::Object(map) => {
             if let Some(Value::String(kind)) = map.get("type") {
@@ -377,16 +386,29 @@ pub(super) fn types_allowed(value: &Value, allowed: &[&str]) -> Result<(), Unmet
     }
 }
 
+/// Input tokens a call with tools is charged beyond its bytes: both vendors render tool
+/// definitions into a system prompt of their own (Anthropic documents 313 to 530 tokens of it,
+/// per model and `tool_choice`), which the request's bytes do not bound.
+const TOOL_PROMPT_TOKENS: u64 = 1_000;
+
 /// The estimate of a model call: every body byte as an input token at the dearest input price
-/// (a cache write, where dearer), plus `max_output` output tokens, times `n`.
+/// (a cache write, where dearer), plus the vendor's tool prompt where the call has tools, plus
+/// `max_output` output tokens, times `n`.
 pub(super) fn estimate(
     request: &ForwardRequest,
+    body: &Map<String, Value>,
     price: &ModelPrice,
     format: UsageFormat,
     max_output: u64,
     n: u64,
 ) -> Estimate {
-    let input_bound = u64::try_from(request.body.len()).unwrap_or(u64::MAX);
+    let has_tools = ["tools", "functions"]
+        .iter()
+        .any(|field| body.get(*field).is_some_and(|tools| tools != &Value::Null));
+    let hidden = if has_tools { TOOL_PROMPT_TOKENS } else { 0 };
+    let input_bound = u64::try_from(request.body.len())
+        .unwrap_or(u64::MAX)
+        .saturating_add(hidden);
     let one = Usage {
         input: 0,
         cached_input: 0,
@@ -408,8 +430,92 @@ pub(super) fn estimate(
     }
 }
 
+/// A metered model request read whole: parameters in the body only, strict JSON, only the
+/// top-level `fields` the meter was written for (a field it does not know may add tokens or
+/// charges it cannot see), content whose cost its bytes bound (`text_types`, besides JSON-schema
+/// types), and a model with a price.
+pub(super) fn model_request<'a>(
+    request: &ForwardRequest,
+    prices: &'a PriceTable,
+    fields: &[&str],
+    text_types: &[&str],
+) -> Result<(Map<String, Value>, &'a ModelPrice), Unmeterable> {
+    if request.query.is_some() {
+        return Err(Unmeterable::Refused(
+            "a model call takes its parameters from the body only".to_owned(),
+        ));
+    }
+    let body = strict_json_object(request)?;
+    if let Some(field) = body.keys().find(|field| !fields.contains(&field.as_str())) {
+        return Err(Unmeterable::Refused(format!(
+            "`{field}` is not a field vault-key meters on this route; it may add tokens or \
+             charges the request does not state"
+        )));
+    }
+    let price = model_price(&body, prices)?;
+    body.values()
+        .try_for_each(|value| types_allowed(value, text_types))?;
+    Ok((body, price))
+}
+
+/// Conversation items (chat or Anthropic `messages`, Responses `input`) must carry their content
+/// in the request: an item without a `type` is a message (a `role`, no `id`: an untyped item
+/// with an `id` is a reference to a stored item, whose tokens the request does not show), and
+/// every content part says what it is.
+pub(super) fn items_inline(items: Option<&Value>) -> Result<(), Unmeterable> {
+    let refuse = |why: &str| Err(Unmeterable::Refused(why.to_owned()));
+    let Some(Value::Array(items)) = items else {
+        return Ok(()); // a string, or absent: text in the request
+    };
+    for item in items {
+        let Value::Object(item) = item else {
+            return refuse("each conversation item must be an object");
+        };
+        if !item.contains_key("type") && (!item.contains_key("role") || item.contains_key("id")) {
+            return refuse(
+                "a conversation item without a `type` must be a message with a `role`, not a \
+                 reference to a stored item",
+            );
+        }
+        if let Some(Value::Array(parts)) = item.get("content") {
+            if parts
+                .iter()
+                .any(|part| !part.get("type").is_some_and(Value::is_string))
+            {
+                return refuse("each content part must say its `type`");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a JSON request body (read strictly) with `edit`.
+pub(super) fn rewrite_body(
+    request: &mut ForwardRequest,
+    edit: impl FnOnce(&mut Map<String, Value>) -> Result<(), Unmeterable>,
+) -> Result<(), Unmeterable> {
+    let mut body = strict_json_object(request)?;
+    edit(&mut body)?;
+    request.body = serde_json::to_vec(&body)
+        .map_err(|e| Unmeterable::Refused(format!("the body cannot be rewritten: {e}")))?
+        .into();
+    Ok(())
+}
+
+/// Sets `service_tier` to `standard` where the request leaves the choice to the vendor (absent,
+/// or `auto`, which may run — and bill — the call at a priority price the meter does not know).
+pub(super) fn pin_service_tier(body: &mut Map<String, Value>, standard: &str) {
+    let open = match body.get("service_tier") {
+        None | Some(Value::Null) => true,
+        Some(tier) => tier == "auto",
+    };
+    if open {
+        body.insert("service_tier".to_owned(), Value::from(standard));
+    }
+}
+
 /// The model a request names, with its price.
-pub(super) fn model_price<'a>(
+fn model_price<'a>(
     body: &Map<String, Value>,
     prices: &'a PriceTable,
 ) -> Result<&'a ModelPrice, Unmeterable> {
@@ -474,13 +580,17 @@ mod tests {
     }
 
     #[test]
-    fn anthropic_streams_count_input_at_the_start_and_output_at_the_last_delta() {
+    fn anthropic_streams_count_input_at_the_start_and_settle_at_message_stop() {
         let stream = "event: message_start\n\
             data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1,\"cache_read_input_tokens\":4}}}\n\n\
             event: message_delta\n\
             data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n";
+        let mut cut = UsageReader::new(UsageFormat::AnthropicMessages, true);
+        cut.feed(stream.as_bytes());
+        assert_eq!(cut.finish(), None, "no `message_stop`: output may still grow");
         let mut reader = UsageReader::new(UsageFormat::AnthropicMessages, true);
         reader.feed(stream.as_bytes());
+        reader.feed(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         let usage = reader.finish().unwrap();
         assert_eq!((usage.input, usage.cached_input, usage.output), (12, 4, 9));
     }

@@ -5,15 +5,16 @@ use http::Method;
 use serde_json::{Map, Value};
 
 use super::{
-    estimate, model_price, output_limit, strict_json_object, types_allowed, PriceTable, Usage,
-    UsageFormat,
+    estimate, items_inline, model_request, output_limit, pin_service_tier, rewrite_body,
+    PriceTable, Usage, UsageFormat,
 };
 use crate::meter::{Estimate, ForwardRequest, Unmeterable};
 
 /// The most completions one call may ask for (`n`).
 const MAX_N: u64 = 128;
 
-/// Content and tool types whose cost is bounded by their bytes.
+/// Content and tool types whose cost is bounded by their bytes. Not `reasoning` items: one
+/// passed back by `id` alone brings stored reasoning the request does not show.
 const TEXT_TYPES: &[&str] = &[
     "text",
     "input_text",
@@ -24,9 +25,75 @@ const TEXT_TYPES: &[&str] = &[
     "message",
     "json_schema",
     "json_object",
-    "reasoning",
-    "summary_text",
 ];
+
+/// Chat-completion fields whose cost the meter bounds. Not `audio` or `web_search_options`
+/// (priced apart), not `prediction` (rejected predicted tokens are billed as output beyond the
+/// limit).
+const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "metadata",
+    "modalities",
+    "n",
+    "parallel_tool_calls",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
+];
+
+/// Responses fields whose cost the meter bounds. Not `previous_response_id`, `conversation` or
+/// `prompt` (they bring stored input the request does not show), not `background` (its usage
+/// comes later, on another call), not `include` (extra outputs).
+const RESPONSES_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "max_tool_calls",
+    "metadata",
+    "parallel_tool_calls",
+    "prompt_cache_key",
+    "reasoning",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "truncation",
+    "user",
+];
+
+/// Embedding fields.
+const EMBEDDINGS_FIELDS: &[&str] = &["model", "input", "dimensions", "encoding_format", "user"];
 
 /// The OpenAI cost meter.
 #[derive(Debug, Clone)]
@@ -71,31 +138,32 @@ impl OpenAiMeter {
     }
 
     /// A streamed chat completion reports its usage only when asked: the proxy asks, whatever the
-    /// client said (a client's `include_usage: false` cannot make a call free).
+    /// client said (a client's `include_usage: false` cannot make a call free). A call that
+    /// leaves its service tier to the vendor is pinned to the default tier, the one priced.
     pub(in crate::meter) fn prepare(
         &self,
         request: &mut ForwardRequest,
     ) -> Result<(), Unmeterable> {
-        if classify(&request.method, &request.path) != Route::ChatCompletions {
+        let route = classify(&request.method, &request.path);
+        if !matches!(route, Route::ChatCompletions | Route::Responses) {
             return Ok(());
         }
-        let mut body = strict_json_object(request)?;
-        if body.get("stream") != Some(&Value::Bool(true)) {
-            return Ok(());
-        }
-        let options = body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(options) = options else {
-            return Err(Unmeterable::Refused(
-                "`stream_options` must be an object".to_owned(),
-            ));
-        };
-        options.insert("include_usage".to_owned(), Value::Bool(true));
-        request.body = serde_json::to_vec(&body)
-            .map_err(|e| Unmeterable::Refused(format!("the body cannot be rewritten: {e}")))?
-            .into();
-        Ok(())
+        rewrite_body(request, |body| {
+            pin_service_tier(body, "default");
+            if route != Route::ChatCompletions || body.get("stream") != Some(&Value::Bool(true)) {
+                return Ok(());
+            }
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(options) = options else {
+                return Err(Unmeterable::Refused(
+                    "`stream_options` must be an object".to_owned(),
+                ));
+            };
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+            Ok(())
+        })
     }
 
     pub(in crate::meter) fn estimate(
@@ -113,26 +181,16 @@ impl OpenAiMeter {
             }
             Route::ChatCompletions | Route::Responses | Route::Embeddings => {}
         }
-        if request.query.is_some() {
-            return Err(Unmeterable::Refused(
-                "a model call takes its parameters from the body only".to_owned(),
-            ));
-        }
-        let body = strict_json_object(request)?;
-        let price = model_price(&body, &self.prices)?;
-        types_allowed(&Value::Object(body.clone()), TEXT_TYPES)?;
-        for field in [
-            "audio",
-            "web_search_options",
-            "previous_response_id",
-            "conversation",
-        ] {
-            if body.contains_key(field) {
-                return Err(Unmeterable::Refused(format!(
-                    "`{field}` adds tokens or charges that the request does not state; vault-key \
-                     cannot cap it"
-                )));
-            }
+        let fields = match route {
+            Route::ChatCompletions => CHAT_FIELDS,
+            Route::Responses => RESPONSES_FIELDS,
+            _ => EMBEDDINGS_FIELDS,
+        };
+        let (body, price) = model_request(request, &self.prices, fields, TEXT_TYPES)?;
+        match route {
+            Route::ChatCompletions => items_inline(body.get("messages"))?,
+            Route::Responses => items_inline(body.get("input"))?,
+            _ => {} // embedding inputs are strings or token ids
         }
         if body
             .get("modalities")
@@ -145,7 +203,7 @@ impl OpenAiMeter {
         }
         if body
             .get("service_tier")
-            .is_some_and(|tier| !matches!(tier.as_str(), Some("auto" | "default" | "flex")))
+            .is_some_and(|tier| !matches!(tier.as_str(), Some("default" | "flex")))
         {
             return Err(Unmeterable::Refused(
                 "a `service_tier` priced above the default is not metered".to_owned(),
@@ -172,6 +230,7 @@ impl OpenAiMeter {
                 };
                 Ok(estimate(
                     request,
+                    &body,
                     price,
                     UsageFormat::ChatCompletions,
                     max_output,
@@ -182,13 +241,21 @@ impl OpenAiMeter {
                 let max_output = output_limit(&body, &["max_output_tokens"], price, false)?;
                 Ok(estimate(
                     request,
+                    &body,
                     price,
                     UsageFormat::Responses,
                     max_output,
                     1,
                 ))
             }
-            _ => Ok(estimate(request, price, UsageFormat::Embeddings, 0, 1)),
+            _ => Ok(estimate(
+                request,
+                &body,
+                price,
+                UsageFormat::Embeddings,
+                0,
+                1,
+            )),
         }
     }
 }

@@ -51,24 +51,31 @@ fn price(
 }
 
 impl PriceTable {
-    /// OpenAI's published prices (see [`PRICES_AS_OF`]).
+    /// OpenAI's published prices (see [`PRICES_AS_OF`]), for each model's alias and its dated
+    /// snapshots (a snapshot may be priced apart: `gpt-4o-2024-05-13` costs twice `gpt-4o`).
     pub fn openai() -> PriceTable {
+        let gpt_4o = price("2.50", "1.25", "2.50", "10", 16_384);
+        let gpt_4o_mini = price("0.15", "0.075", "0.15", "0.60", 16_384);
+        let gpt_41 = price("2", "0.50", "2", "8", 32_768);
+        let gpt_41_mini = price("0.40", "0.10", "0.40", "1.60", 32_768);
+        let gpt_41_nano = price("0.10", "0.025", "0.10", "0.40", 32_768);
+        let o4_mini = price("1.10", "0.275", "1.10", "4.40", 100_000);
         PriceTable::from([
-            ("gpt-4o", price("2.50", "1.25", "2.50", "10", 16_384)),
-            (
-                "gpt-4o-mini",
-                price("0.15", "0.075", "0.15", "0.60", 16_384),
-            ),
-            ("gpt-4.1", price("2", "0.50", "2", "8", 32_768)),
-            (
-                "gpt-4.1-mini",
-                price("0.40", "0.10", "0.40", "1.60", 32_768),
-            ),
-            (
-                "gpt-4.1-nano",
-                price("0.10", "0.025", "0.10", "0.40", 32_768),
-            ),
-            ("o4-mini", price("1.10", "0.275", "1.10", "4.40", 100_000)),
+            ("gpt-4o", gpt_4o.clone()),
+            ("gpt-4o-2024-08-06", gpt_4o.clone()),
+            ("gpt-4o-2024-11-20", gpt_4o),
+            // The first snapshot: no cached-input discount, a 4,096-token output ceiling.
+            ("gpt-4o-2024-05-13", price("5", "5", "5", "15", 4_096)),
+            ("gpt-4o-mini", gpt_4o_mini.clone()),
+            ("gpt-4o-mini-2024-07-18", gpt_4o_mini),
+            ("gpt-4.1", gpt_41.clone()),
+            ("gpt-4.1-2025-04-14", gpt_41),
+            ("gpt-4.1-mini", gpt_41_mini.clone()),
+            ("gpt-4.1-mini-2025-04-14", gpt_41_mini),
+            ("gpt-4.1-nano", gpt_41_nano.clone()),
+            ("gpt-4.1-nano-2025-04-14", gpt_41_nano),
+            ("o4-mini", o4_mini.clone()),
+            ("o4-mini-2025-04-16", o4_mini),
             (
                 "text-embedding-3-small",
                 price("0.02", "0.02", "0.02", "0", 0),
@@ -80,19 +87,26 @@ impl PriceTable {
         ])
     }
 
-    /// Anthropic's published prices (see [`PRICES_AS_OF`]); cache writes at 1.25× input.
+    /// Anthropic's published prices (see [`PRICES_AS_OF`]), for each model's aliases and dated
+    /// snapshot; cache writes (five-minute) at 1.25× input.
     pub fn anthropic() -> PriceTable {
+        let opus = price("15", "1.50", "18.75", "75", 32_000);
+        let sonnet = price("3", "0.30", "3.75", "15", 64_000);
+        let haiku = price("0.80", "0.08", "1", "4", 8_192);
         PriceTable::from([
-            (
-                "claude-opus-4-1",
-                price("15", "1.50", "18.75", "75", 32_000),
-            ),
-            ("claude-sonnet-4", price("3", "0.30", "3.75", "15", 64_000)),
-            (
-                "claude-3-7-sonnet",
-                price("3", "0.30", "3.75", "15", 64_000),
-            ),
-            ("claude-3-5-haiku", price("0.80", "0.08", "1", "4", 8_192)),
+            ("claude-opus-4-1", opus.clone()),
+            ("claude-opus-4-1-20250805", opus.clone()),
+            ("claude-opus-4-0", opus.clone()),
+            ("claude-opus-4-20250514", opus),
+            ("claude-sonnet-4", sonnet.clone()),
+            ("claude-sonnet-4-0", sonnet.clone()),
+            ("claude-sonnet-4-20250514", sonnet.clone()),
+            ("claude-3-7-sonnet", sonnet.clone()),
+            ("claude-3-7-sonnet-latest", sonnet.clone()),
+            ("claude-3-7-sonnet-20250219", sonnet),
+            ("claude-3-5-haiku", haiku.clone()),
+            ("claude-3-5-haiku-latest", haiku.clone()),
+            ("claude-3-5-haiku-20241022", haiku),
         ])
     }
 
@@ -101,13 +115,10 @@ impl PriceTable {
         self.models.insert(model.into(), price);
     }
 
-    /// The price of `model`: by its exact name, or by its name without a date suffix
-    /// (`gpt-4o-2024-08-06`, `claude-sonnet-4-20250514`). Never by any other prefix, so that
-    /// `gpt-4o-mini` is never priced as `gpt-4o`.
+    /// The price of `model`, by its exact name only: a dated snapshot may be priced apart from
+    /// its alias, and `gpt-4o-mini` must never be priced as `gpt-4o`.
     pub fn get(&self, model: &str) -> Option<&ModelPrice> {
-        self.models
-            .get(model)
-            .or_else(|| self.models.get(without_date_suffix(model)?))
+        self.models.get(model)
     }
 }
 
@@ -122,38 +133,24 @@ impl<const N: usize> From<[(&str, ModelPrice); N]> for PriceTable {
     }
 }
 
-/// `name` without a trailing `-YYYY-MM-DD` or `-YYYYMMDD`.
-fn without_date_suffix(model: &str) -> Option<&str> {
-    let (base, last) = model.rsplit_once('-')?;
-    if last.len() == 8 && last.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(base);
-    }
-    let (base, day) = (base, last);
-    let (base, month) = base.rsplit_once('-')?;
-    let (base, year) = base.rsplit_once('-')?;
-    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(year, 4) && digits(month, 2) && digits(day, 2)).then_some(base)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn dated_snapshots_are_priced_as_their_model_and_nothing_else_is() {
+    fn models_are_priced_by_their_exact_name() {
         let openai = PriceTable::openai();
         assert_eq!(openai.get("gpt-4o-2024-08-06"), openai.get("gpt-4o"));
-        assert_eq!(
-            openai.get("gpt-4o-mini-2024-07-18"),
-            openai.get("gpt-4o-mini")
-        );
+        let first = openai.get("gpt-4o-2024-05-13").unwrap();
+        assert_eq!(first.output, usd("15"), "the first snapshot costs more");
         assert_ne!(openai.get("gpt-4o-mini"), openai.get("gpt-4o"));
         assert_eq!(openai.get("gpt-4o-large"), None);
-        assert_eq!(openai.get("gpt-4o-2024"), None);
+        assert_eq!(openai.get("gpt-4o-2099-01-01"), None, "an unknown snapshot");
         let anthropic = PriceTable::anthropic();
         assert_eq!(
             anthropic.get("claude-sonnet-4-20250514"),
-            anthropic.get("claude-sonnet-4")
+            anthropic.get("claude-sonnet-4-0")
         );
+        assert_eq!(anthropic.get("claude-sonnet-4-20990101"), None);
     }
 }
