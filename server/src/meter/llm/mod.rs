@@ -587,7 +587,11 @@ mod tests {
             data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n";
         let mut cut = UsageReader::new(UsageFormat::AnthropicMessages, true);
         cut.feed(stream.as_bytes());
-        assert_eq!(cut.finish(), None, "no `message_stop`: output may still grow");
+        assert_eq!(
+            cut.finish(),
+            None,
+            "no `message_stop`: output may still grow"
+        );
         let mut reader = UsageReader::new(UsageFormat::AnthropicMessages, true);
         reader.feed(stream.as_bytes());
         reader.feed(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
