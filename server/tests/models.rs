@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use vault_key_server::meter::llm::{ModelPrice, PriceTable, Usage};
+use vault_key_server::meter::llm::{AnthropicMeter, ModelPrice, OpenAiMeter, PriceTable, Usage};
+use vault_key_server::meter::Meter;
 use vault_key_server::Server;
 
 fn model_key(vendor: &str, cap: f64, endpoints: &[&str]) -> Value {
@@ -588,6 +589,45 @@ async fn what_the_vendor_would_add_to_a_call_is_refused() {
     };
     let no_headers: Headers = &[];
     let refused: Vec<(&str, &str, Value, Headers)> = vec![
+        // Keys of items and parts beyond those metered: stored audio, or a reference item
+        // smuggled into `instructions`, or an unknown key on a system block.
+        (
+            "openai",
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "max_tokens": 4, "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "audio": {"id": "audio_1"}},
+            ]}),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "max_tokens": 4, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi", "file_id": "file_1"}]},
+            ]}),
+            no_headers,
+        ),
+        (
+            "openai",
+            "/v1/responses",
+            respond(json!({"instructions": [{"id": "msg_1"}]})),
+            no_headers,
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            message(
+                json!({"system": [{"type": "text", "text": "be brief", "citations": [{"document_index": 0}]}]}),
+            ),
+            no_headers,
+        ),
+        (
+            "anthropic",
+            "/v1/messages",
+            message(json!({"system": ["be brief"]})),
+            no_headers,
+        ),
         // An item referenced by id alone brings stored input the request does not show.
         (
             "openai",
@@ -827,6 +867,156 @@ async fn calls_are_billed_as_metered_tier_tools_and_endings() {
     assert!(text.contains("response.incomplete"), "{text}");
     let view = settled_view(&server, &openai).await;
     assert_eq!(micros(&view, "reserved_usd"), 0, "settled: {view}");
+}
+
+/// The output limit a call is reserved for is the one the vendor is held to: an operator's
+/// ceiling below the vendor's own bounds the bill, not only the reservation.
+#[tokio::test]
+async fn the_vendor_is_held_to_the_output_limit_reserved_for() {
+    let ceiling = |mut table: PriceTable, model: &str| {
+        let mut price = table.get(model).unwrap().clone();
+        price.max_output_tokens = 100;
+        table.insert(model, price);
+        table
+    };
+    let server = start_with(|config| {
+        for vendor in &mut config.vendors {
+            match vendor.name.as_str() {
+                "openai" => {
+                    vendor.meter = Meter::OpenAi(OpenAiMeter::new(ceiling(
+                        PriceTable::openai(),
+                        "gpt-4o-mini",
+                    )))
+                }
+                "anthropic" => {
+                    vendor.meter = Meter::Anthropic(AnthropicMeter::new(ceiling(
+                        PriceTable::anthropic(),
+                        "claude-3-5-haiku",
+                    )))
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let openai = issue(&server, model_key("openai", 1.0, &["/v1/**"])).await;
+    let anthropic = issue(&server, model_key("anthropic", 1.0, &["/v1/**"])).await;
+    let chat = |limit: Option<(&str, u64)>| {
+        let mut body =
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        if let Some((name, limit)) = limit {
+            body[name] = json!(limit);
+        }
+        body
+    };
+    // (vendor, key, path, body, the limit the vendor must see under that name)
+    let calls = [
+        (
+            "openai",
+            &openai,
+            "/v1/chat/completions",
+            chat(Some(("max_tokens", 1_000))),
+            ("max_tokens", 100),
+        ),
+        (
+            "openai",
+            &openai,
+            "/v1/chat/completions",
+            chat(None),
+            ("max_completion_tokens", 100),
+        ),
+        (
+            "openai",
+            &openai,
+            "/v1/chat/completions",
+            chat(Some(("max_completion_tokens", 40))),
+            ("max_completion_tokens", 40),
+        ),
+        (
+            "openai",
+            &openai,
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 5_000}),
+            ("max_output_tokens", 100),
+        ),
+        (
+            "anthropic",
+            &anthropic,
+            "/v1/messages",
+            json!({"model": "claude-3-5-haiku", "max_tokens": 1_000, "messages": [{"role": "user", "content": "hi"}]}),
+            ("max_tokens", 100),
+        ),
+    ];
+    for (vendor, key, path, body, (name, limit)) in calls {
+        let (status, answer) = send(model_call(
+            &server,
+            vendor,
+            token(key),
+            path,
+            &body,
+            &[("x-sandbox-output-tokens", "500")],
+        ))
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let received = server.sandbox().unwrap().received();
+        let forwarded: Value = serde_json::from_slice(&received.last().unwrap().body).unwrap();
+        assert_eq!(forwarded[name], limit, "{vendor}{path}: {forwarded}");
+        let output = ["completion_tokens", "output_tokens"]
+            .iter()
+            .find_map(|field| answer["usage"][field].as_u64())
+            .unwrap();
+        assert_eq!(output, limit, "the vendor stopped at the limit: {answer}");
+    }
+    for key in [&openai, &anthropic] {
+        for call in settled_events(&server, key, if key == &openai { 4 } else { 1 }).await {
+            assert!(
+                micros(&call, "settled_usd") <= micros(&call, "reserved_usd"),
+                "billed within the reservation: {call}"
+            );
+        }
+    }
+}
+
+/// A model call the vendor refuses (rate limited, overloaded, failed) generated nothing and
+/// costs nothing, streamed or not; its status is recorded.
+#[tokio::test]
+async fn a_model_call_the_vendor_refuses_settles_to_zero() {
+    let server = start().await;
+    let openai = issue(&server, model_key("openai", 1.0, &["/v1/**"])).await;
+    let anthropic = issue(&server, model_key("anthropic", 1.0, &["/v1/**"])).await;
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 10, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let message = json!({"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    for (vendor, key, path, body, refused) in [
+        ("openai", &openai, "/v1/chat/completions", &chat, "429"),
+        ("openai", &openai, "/v1/chat/completions", &chat, "500"),
+        ("anthropic", &anthropic, "/v1/messages", &message, "529"),
+    ] {
+        let (status, answer) = send(model_call(
+            &server,
+            vendor,
+            token(key),
+            path,
+            body,
+            &[("x-sandbox-refuse", refused)],
+        ))
+        .await;
+        assert_eq!(status.to_string(), refused, "{answer}");
+        assert!(
+            answer["error"]["type"].is_string(),
+            "the vendor's error: {answer}"
+        );
+    }
+    let calls = settled_events(&server, &openai, 2).await;
+    let anthropic_calls = settled_events(&server, &anthropic, 1).await;
+    for call in calls.iter().chain(&anthropic_calls) {
+        assert!(micros(call, "reserved_usd") > 0, "{call}");
+        assert_eq!(micros(call, "settled_usd"), 0, "{call}");
+        assert!(call["upstream_status"].as_u64().unwrap() >= 429, "{call}");
+    }
+    for key in [&openai, &anthropic] {
+        let view = settled_view(&server, key).await;
+        assert_eq!(micros(&view, "spent_today_usd"), 0, "{view}");
+    }
 }
 
 /// The key's calls once `count` of them have settled.

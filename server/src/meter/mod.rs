@@ -203,8 +203,17 @@ impl Meter {
     ) -> Settlement {
         match self {
             Meter::Stripe(stripe) => stripe.settle(estimate, reserved, status, body),
-            // Model calls settle on usage (`ModelCall::settle`), read as the answer streams.
-            Meter::OpenAi(_) | Meter::Anthropic(_) | Meter::Flat(_) => Settlement {
+            // A successful model call settles on usage (`ModelCall::settle`), read as its answer
+            // streams; one the vendor refused costs nothing, like any other.
+            Meter::OpenAi(_) | Meter::Anthropic(_) => Settlement {
+                cost: estimate
+                    .model
+                    .as_ref()
+                    .and_then(|model| model.settle(status, None))
+                    .unwrap_or(reserved),
+                created: None,
+            },
+            Meter::Flat(_) => Settlement {
                 cost: reserved,
                 created: None,
             },

@@ -8,7 +8,8 @@
 //! Knobs, which the real vendors ignore: `x-sandbox-cached-tokens` (prompt tokens reported as
 //! read from the cache), `x-sandbox-chunk-delay-ms` (pause between streamed events, so tests see
 //! tokens arrive before the end), `x-sandbox-cut-after` (break the stream after that many events),
-//! `x-sandbox-omit-usage` (answer without `usage`, as a vendor might).
+//! `x-sandbox-omit-usage` (answer without `usage`, as a vendor might), `x-sandbox-refuse: 429`
+//! (or another 4xx/5xx: answer that status in the vendor's error format, generating nothing).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -100,6 +101,19 @@ pub(super) async fn answer(
             kind,
             "Incorrect API key provided.",
         );
+    }
+    if let Some(status) = parts
+        .headers
+        .get("x-sandbox-refuse")
+        .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok())
+        .filter(|s| s.is_client_error() || s.is_server_error())
+    {
+        let kind = match (vendor, status.is_server_error()) {
+            (ModelVendor::OpenAi, true) => "server_error",
+            (ModelVendor::Anthropic, true) => "api_error",
+            (_, false) => "rate_limit_error",
+        };
+        return error(vendor, status, kind, "Refused before generating (sandbox).");
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (parts.method.as_str(), segments.as_slice()) {

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::{
-    estimate, items_inline, model_request, output_limit, pin_service_tier, rewrite_body,
-    PriceTable, Usage, UsageFormat,
+    estimate, items_inline, model_request, output_limit, parts_inline, pin_output_limit,
+    pin_service_tier, rewrite_body, ItemKeys, PriceTable, Usage, UsageFormat,
 };
 use crate::meter::{Estimate, ForwardRequest, Unmeterable};
 
@@ -44,6 +44,26 @@ const MESSAGE_FIELDS: &[&str] = &[
     "top_p",
 ];
 
+/// Keys of a message and its content blocks (text, tool use and results, thinking). Not a
+/// document's `source` or `citations`, whose content the vendor fetches or stores.
+const MESSAGE_ITEM_KEYS: ItemKeys = ItemKeys {
+    item: &["role", "content"],
+    part: &[
+        "type",
+        "text",
+        "cache_control",
+        "id",
+        "name",
+        "input",
+        "tool_use_id",
+        "content",
+        "is_error",
+        "thinking",
+        "signature",
+        "data",
+    ],
+};
+
 /// The Anthropic cost meter.
 #[derive(Debug, Clone)]
 pub struct AnthropicMeter {
@@ -57,7 +77,8 @@ impl AnthropicMeter {
     }
 
     /// A message that leaves its service tier to Anthropic (`auto`, the default, may run at the
-    /// priority tier) is pinned to the standard tier, the one priced.
+    /// priority tier) is pinned to the standard tier, the one priced, and its `max_tokens` to
+    /// the model's ceiling where it asks for more.
     pub(in crate::meter) fn prepare(
         &self,
         request: &mut ForwardRequest,
@@ -67,6 +88,10 @@ impl AnthropicMeter {
         }
         rewrite_body(request, |body| {
             pin_service_tier(body, "standard_only");
+            // `max_tokens` is required; a body without it is refused, not given the ceiling.
+            if body.contains_key("max_tokens") {
+                pin_output_limit(body, &["max_tokens"], &self.prices);
+            }
             Ok(())
         })
     }
@@ -88,7 +113,8 @@ impl AnthropicMeter {
             }
         }
         let (body, price) = model_request(request, &self.prices, MESSAGE_FIELDS, TEXT_TYPES)?;
-        items_inline(body.get("messages"))?;
+        items_inline(body.get("messages"), &MESSAGE_ITEM_KEYS)?;
+        parts_inline(body.get("system"), MESSAGE_ITEM_KEYS.part)?;
         if body
             .get("service_tier")
             .is_some_and(|tier| tier != "standard_only")

@@ -105,6 +105,8 @@ pub struct UsageReader {
     usage: Option<Usage>,
     /// An Anthropic stream's usage so far, final at `message_stop`.
     partial: Option<Usage>,
+    /// An Anthropic stream gave its stop reason.
+    stopped: bool,
     overflowed: bool,
 }
 
@@ -121,6 +123,7 @@ impl UsageReader {
             streamed,
             usage: None,
             partial: None,
+            stopped: false,
             overflowed: false,
         }
     }
@@ -161,11 +164,12 @@ impl UsageReader {
             return; // `[DONE]`, or not JSON
         };
         match self.format {
-            UsageFormat::ChatCompletions | UsageFormat::Embeddings => {
+            UsageFormat::ChatCompletions => {
                 if let Some(usage) = event.get("usage").and_then(openai::chat_usage) {
                     self.usage = Some(usage);
                 }
             }
+            UsageFormat::Embeddings => {} // never streamed
             UsageFormat::Responses => {
                 // A response ends completed, incomplete (at `max_output_tokens`) or failed; each
                 // reports what it used.
@@ -185,10 +189,12 @@ impl UsageReader {
                     if let Some(usage) = self.partial.as_mut() {
                         anthropic::update_usage(usage, &event["usage"]);
                     }
+                    self.stopped |= event["delta"]["stop_reason"].is_string();
                 }
-                // Until the message stops, its output may still grow: a stream cut before then
-                // keeps its reservation.
-                Some("message_stop") => self.usage = self.partial,
+                // Until the message stops (a `message_delta` with its stop reason, then
+                // `message_stop`), its output may still grow: a stream cut before then keeps its
+                // reservation.
+                Some("message_stop") if self.stopped => self.usage = self.partial,
                 _ => {}
             },
         }
@@ -206,9 +212,8 @@ impl UsageReader {
         }
         let answer: Value = serde_json::from_slice(&self.pending).ok()?;
         match self.format {
-            UsageFormat::ChatCompletions | UsageFormat::Embeddings => {
-                openai::chat_usage(answer.get("usage")?)
-            }
+            UsageFormat::ChatCompletions => openai::chat_usage(answer.get("usage")?),
+            UsageFormat::Embeddings => openai::embeddings_usage(answer.get("usage")?),
             UsageFormat::Responses => openai::responses_usage(answer.get("usage")?),
             UsageFormat::AnthropicMessages => anthropic::usage(answer.get("usage")?),
         }
@@ -360,6 +365,25 @@ pub(super) fn output_limit(
     Ok(limit.min(price.max_output_tokens))
 }
 
+/// Writes the output limit the call is reserved for into the body, so that the vendor stops
+/// where the reservation does: a stated limit above the model's ceiling comes down to it, and
+/// a body without one gets the ceiling under `names[0]`. Without this, a ceiling an operator
+/// set below the vendor's own would bound the reservation but not the bill. A body whose model
+/// or limit is not understood is left for [`output_limit`] to refuse.
+pub(super) fn pin_output_limit(body: &mut Map<String, Value>, names: &[&str], prices: &PriceTable) {
+    let Ok(price) = model_price(body, prices) else {
+        return;
+    };
+    let Ok(limit) = output_limit(body, names, price, false) else {
+        return;
+    };
+    let name = names
+        .iter()
+        .find(|name| body.contains_key(**name))
+        .unwrap_or(&names[0]);
+    body.insert((*name).to_owned(), Value::from(limit));
+}
+
 /// JSON-schema `type`s, which tool definitions carry.
 const SCHEMA_TYPES: &[&str] = &[
     "object", "string", "number", "integer", "boolean", "array", "null",
@@ -458,11 +482,19 @@ pub(super) fn model_request<'a>(
     Ok((body, price))
 }
 
-/// Conversation items (chat or Anthropic `messages`, Responses `input`) must carry their content
-/// in the request: an item without a `type` is a message (a `role`, no `id`: an untyped item
-/// with an `id` is a reference to a stored item, whose tokens the request does not show), and
-/// every content part says what it is.
-pub(super) fn items_inline(items: Option<&Value>) -> Result<(), Unmeterable> {
+/// The keys a conversation item, and a content part in it, may have: those whose tokens the
+/// request's bytes show. Anything else may bring input the meter cannot see (an assistant
+/// message's `audio` is a reference to audio the vendor stored).
+pub(super) struct ItemKeys {
+    pub item: &'static [&'static str],
+    pub part: &'static [&'static str],
+}
+
+/// Conversation items (chat or Anthropic `messages`, Responses `input` and `instructions`) must
+/// carry their content in the request: only the keys in `keys`; an item without a `type` is a
+/// message (a `role`, no `id`: an untyped item with an `id` is a reference to a stored item,
+/// whose tokens the request does not show); every content part says what it is.
+pub(super) fn items_inline(items: Option<&Value>, keys: &ItemKeys) -> Result<(), Unmeterable> {
     let refuse = |why: &str| Err(Unmeterable::Refused(why.to_owned()));
     let Some(Value::Array(items)) = items else {
         return Ok(()); // a string, or absent: text in the request
@@ -471,22 +503,47 @@ pub(super) fn items_inline(items: Option<&Value>) -> Result<(), Unmeterable> {
         let Value::Object(item) = item else {
             return refuse("each conversation item must be an object");
         };
+        known_keys(item, keys.item, "a conversation item")?;
         if !item.contains_key("type") && (!item.contains_key("role") || item.contains_key("id")) {
             return refuse(
                 "a conversation item without a `type` must be a message with a `role`, not a \
                  reference to a stored item",
             );
         }
-        if let Some(Value::Array(parts)) = item.get("content") {
-            if parts
-                .iter()
-                .any(|part| !part.get("type").is_some_and(Value::is_string))
-            {
-                return refuse("each content part must say its `type`");
+        parts_inline(item.get("content"), keys.part)?;
+    }
+    Ok(())
+}
+
+/// Content parts (a message's `content`, Anthropic's `system`), where given as a list: each one
+/// an object that says its `type`, with only the keys in `keys`.
+pub(super) fn parts_inline(parts: Option<&Value>, keys: &[&str]) -> Result<(), Unmeterable> {
+    let Some(Value::Array(parts)) = parts else {
+        return Ok(()); // a string, or absent
+    };
+    for part in parts {
+        match part {
+            Value::Object(part) if part.get("type").is_some_and(Value::is_string) => {
+                known_keys(part, keys, "a content part")?;
+            }
+            _ => {
+                return Err(Unmeterable::Refused(
+                    "each content part must be an object that says its `type`".to_owned(),
+                ))
             }
         }
     }
     Ok(())
+}
+
+fn known_keys(object: &Map<String, Value>, keys: &[&str], what: &str) -> Result<(), Unmeterable> {
+    match object.keys().find(|key| !keys.contains(&key.as_str())) {
+        Some(key) => Err(Unmeterable::Refused(format!(
+            "`{key}` in {what} is not something vault-key meters; it may bring input the \
+             request does not show"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Rewrites a JSON request body (read strictly) with `edit`.
@@ -584,7 +641,8 @@ mod tests {
         let stream = "event: message_start\n\
             data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1,\"cache_read_input_tokens\":4}}}\n\n\
             event: message_delta\n\
-            data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n";
+            data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n";
+        let stop = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let mut cut = UsageReader::new(UsageFormat::AnthropicMessages, true);
         cut.feed(stream.as_bytes());
         assert_eq!(
@@ -594,8 +652,35 @@ mod tests {
         );
         let mut reader = UsageReader::new(UsageFormat::AnthropicMessages, true);
         reader.feed(stream.as_bytes());
-        reader.feed(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        reader.feed(stop);
         let usage = reader.finish().unwrap();
         assert_eq!((usage.input, usage.cached_input, usage.output), (12, 4, 9));
+        // A stop without the delta that gives the stop reason (and the final output count)
+        // is not an end the meter trusts.
+        let without_reason = stream.replace(r#""delta":{"stop_reason":"end_turn"},"#, "");
+        let mut reader = UsageReader::new(UsageFormat::AnthropicMessages, true);
+        reader.feed(without_reason.as_bytes());
+        reader.feed(stop);
+        assert_eq!(reader.finish(), None);
+    }
+
+    #[test]
+    fn chat_usage_needs_both_counts_and_embeddings_only_the_prompt() {
+        let finish = |format, answer: &str| {
+            let mut reader = UsageReader::new(format, false);
+            reader.feed(answer.as_bytes());
+            reader.finish()
+        };
+        let prompt_only = r#"{"usage":{"prompt_tokens":7,"total_tokens":7}}"#;
+        assert_eq!(finish(UsageFormat::ChatCompletions, prompt_only), None);
+        assert_eq!(
+            finish(UsageFormat::Embeddings, prompt_only).map(|u| (u.input, u.output)),
+            Some((7, 0))
+        );
+        let both = r#"{"usage":{"prompt_tokens":7,"completion_tokens":2}}"#;
+        assert_eq!(
+            finish(UsageFormat::ChatCompletions, both).map(|u| (u.input, u.output)),
+            Some((7, 2))
+        );
     }
 }

@@ -5,8 +5,8 @@ use http::Method;
 use serde_json::{Map, Value};
 
 use super::{
-    estimate, items_inline, model_request, output_limit, pin_service_tier, rewrite_body,
-    PriceTable, Usage, UsageFormat,
+    estimate, items_inline, model_request, output_limit, pin_output_limit, pin_service_tier,
+    rewrite_body, ItemKeys, PriceTable, Usage, UsageFormat,
 };
 use crate::meter::{Estimate, ForwardRequest, Unmeterable};
 
@@ -92,6 +92,44 @@ const RESPONSES_FIELDS: &[&str] = &[
     "user",
 ];
 
+/// Keys of a chat message and its content parts. Not an assistant message's `audio` (a
+/// reference to audio the vendor stored).
+const CHAT_ITEM_KEYS: ItemKeys = ItemKeys {
+    item: &[
+        "role",
+        "content",
+        "name",
+        "tool_calls",
+        "tool_call_id",
+        "function_call",
+        "refusal",
+    ],
+    part: &["type", "text"],
+};
+
+/// Keys of a Responses input item (a message, a function call or its output) and its content
+/// parts.
+const RESPONSES_ITEM_KEYS: ItemKeys = ItemKeys {
+    item: &[
+        "type",
+        "role",
+        "content",
+        "id",
+        "status",
+        "call_id",
+        "name",
+        "arguments",
+        "output",
+    ],
+    part: &["type", "text", "annotations", "logprobs"],
+};
+
+/// A chat completion's output limit, under its current name first.
+const CHAT_LIMITS: &[&str] = &["max_completion_tokens", "max_tokens"];
+
+/// A response's output limit.
+const RESPONSES_LIMITS: &[&str] = &["max_output_tokens"];
+
 /// Embedding fields.
 const EMBEDDINGS_FIELDS: &[&str] = &["model", "input", "dimensions", "encoding_format", "user"];
 
@@ -139,7 +177,8 @@ impl OpenAiMeter {
 
     /// A streamed chat completion reports its usage only when asked: the proxy asks, whatever the
     /// client said (a client's `include_usage: false` cannot make a call free). A call that
-    /// leaves its service tier to the vendor is pinned to the default tier, the one priced.
+    /// leaves its service tier to the vendor is pinned to the default tier, the one priced, and
+    /// its output limit to the one reserved for.
     pub(in crate::meter) fn prepare(
         &self,
         request: &mut ForwardRequest,
@@ -150,6 +189,10 @@ impl OpenAiMeter {
         }
         rewrite_body(request, |body| {
             pin_service_tier(body, "default");
+            match route {
+                Route::ChatCompletions => pin_output_limit(body, CHAT_LIMITS, &self.prices),
+                _ => pin_output_limit(body, RESPONSES_LIMITS, &self.prices),
+            }
             if route != Route::ChatCompletions || body.get("stream") != Some(&Value::Bool(true)) {
                 return Ok(());
             }
@@ -188,8 +231,11 @@ impl OpenAiMeter {
         };
         let (body, price) = model_request(request, &self.prices, fields, TEXT_TYPES)?;
         match route {
-            Route::ChatCompletions => items_inline(body.get("messages"))?,
-            Route::Responses => items_inline(body.get("input"))?,
+            Route::ChatCompletions => items_inline(body.get("messages"), &CHAT_ITEM_KEYS)?,
+            Route::Responses => {
+                items_inline(body.get("input"), &RESPONSES_ITEM_KEYS)?;
+                items_inline(body.get("instructions"), &RESPONSES_ITEM_KEYS)?;
+            }
             _ => {} // embedding inputs are strings or token ids
         }
         if body
@@ -211,12 +257,7 @@ impl OpenAiMeter {
         }
         match route {
             Route::ChatCompletions => {
-                let max_output = output_limit(
-                    &body,
-                    &["max_completion_tokens", "max_tokens"],
-                    price,
-                    false,
-                )?;
+                let max_output = output_limit(&body, CHAT_LIMITS, price, false)?;
                 let n = match body.get("n") {
                     None | Some(Value::Null) => 1,
                     Some(n) => n
@@ -238,7 +279,7 @@ impl OpenAiMeter {
                 ))
             }
             Route::Responses => {
-                let max_output = output_limit(&body, &["max_output_tokens"], price, false)?;
+                let max_output = output_limit(&body, RESPONSES_LIMITS, price, false)?;
                 Ok(estimate(
                     request,
                     &body,
@@ -260,9 +301,22 @@ impl OpenAiMeter {
     }
 }
 
-/// Chat-completion (and embedding) usage: `prompt_tokens` (with `cached_tokens` among them) and
-/// `completion_tokens`.
+/// Chat-completion usage: `prompt_tokens` (with `cached_tokens` among them) and
+/// `completion_tokens`, both required.
 pub(super) fn chat_usage(usage: &Value) -> Option<Usage> {
+    Some(Usage {
+        output: usage.get("completion_tokens")?.as_u64()?,
+        ..prompt_usage(usage)?
+    })
+}
+
+/// Embedding usage: `prompt_tokens` only.
+pub(super) fn embeddings_usage(usage: &Value) -> Option<Usage> {
+    prompt_usage(usage)
+}
+
+/// `prompt_tokens`, with `cached_tokens` among them.
+fn prompt_usage(usage: &Value) -> Option<Usage> {
     let prompt = usage.get("prompt_tokens")?.as_u64()?;
     let cached = usage["prompt_tokens_details"]["cached_tokens"]
         .as_u64()
@@ -272,7 +326,7 @@ pub(super) fn chat_usage(usage: &Value) -> Option<Usage> {
         input: prompt - cached,
         cached_input: cached,
         cache_write: 0,
-        output: usage["completion_tokens"].as_u64().unwrap_or(0),
+        output: 0,
     })
 }
 
