@@ -47,7 +47,7 @@ pub use sandbox::{ReceivedRequest, Sandbox};
 pub use store::SyncMode;
 
 use app::{App, LiveVendor};
-use store::{SqliteStore, Store};
+use store::{CachedStore, SqliteStore};
 use vendor::Upstream;
 
 /// Why the server could not start.
@@ -117,7 +117,7 @@ impl Server {
             .connect_timeout(config.connect_timeout)
             .build()?;
         let app = Arc::new(App {
-            store: Arc::new(store.clone()) as Arc<dyn Store>,
+            store: Arc::new(CachedStore::new(Arc::new(store.clone()))),
             vendors,
             admin_token: app::admin_token_hash(&config.admin_token),
             metrics: metrics::Metrics::default(),

@@ -1019,6 +1019,43 @@ async fn a_model_call_the_vendor_refuses_settles_to_zero() {
     }
 }
 
+/// A vendor that bills more than was reserved is recorded in full, and from then on the key,
+/// past its cap, is refused even its free calls (the proxy forgets what it held of the key).
+#[tokio::test]
+async fn a_call_billed_past_the_cap_stops_the_key() {
+    let server = start().await;
+    let key = issue(&server, model_key("openai", 0.05, &["/v1/**"])).await;
+    let models = |server: &Server| {
+        http()
+            .get(format!("{}/openai/v1/models", server.url()))
+            .bearer_auth(token(&key))
+    };
+    assert_eq!(
+        send(models(&server)).await.0,
+        200,
+        "the key is held in memory now"
+    );
+    let (status, answer) = send(model_call(
+        &server,
+        "openai",
+        token(&key),
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4o", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+        &[("x-sandbox-input-tokens", "100000")],
+    ))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let view = settled_view(&server, &key).await;
+    // 100,000 input tokens at $2.50 per million, and 4 output tokens at $10.
+    assert_eq!(micros(&view, "spent_today_usd"), 250_040, "{view}");
+    let (status, refused) = send(models(&server)).await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (429, &json!("cap_exhausted")),
+        "{refused}"
+    );
+}
+
 /// The key's calls once `count` of them have settled.
 async fn settled_events(server: &Server, key: &Value, count: usize) -> Vec<Value> {
     key_events(server, key, count, |e| !e["settled_usd"].is_null()).await

@@ -230,11 +230,11 @@ impl Forward {
         let app = &self.app;
         let status = status.map(|s| s.as_u16());
         let result = match self.reservation {
-            Some(reservation) => {
-                app.store
-                    .settle_call(reservation.call_id, &settlement, status)
-                    .await
-            }
+            Some(reservation) => app
+                .store
+                .settle_call(reservation.call_id, &settlement, status)
+                .await
+                .map(drop),
             None => {
                 let store = Arc::clone(&app.store);
                 let (key_id, method, path, at) = (
@@ -321,6 +321,7 @@ impl UsageTap {
                         Some(status.as_u16()),
                     )
                     .await
+                    .map(drop)
             }
             None => {
                 tracing::warn!(%key_id, %vendor, "model call reported no usage; its reservation stays");

@@ -8,7 +8,8 @@
 //! Knobs, which the real vendors ignore: `x-sandbox-cached-tokens` (prompt tokens reported as
 //! read from the cache), `x-sandbox-chunk-delay-ms` (pause between streamed events, so tests see
 //! tokens arrive before the end), `x-sandbox-cut-after` (break the stream after that many events),
-//! `x-sandbox-omit-usage` (answer without `usage`, as a vendor might), `x-sandbox-refuse: 429`
+//! `x-sandbox-omit-usage` (answer without `usage`, as a vendor might), `x-sandbox-input-tokens`
+//! (report that many input tokens, as a vendor billing beyond the request's bytes would), `x-sandbox-refuse: 429`
 //! (or another 4xx/5xx: answer that status in the vendor's error format, generating nothing).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -191,6 +192,9 @@ struct Call {
     limit: Option<u64>,
     output_per_choice: u64,
     cached: u64,
+    /// Input tokens to report instead of the words counted (a vendor billing more than the
+    /// request's bytes bound).
+    input_tokens: Option<u64>,
     chunk_delay: Duration,
     cut_after: Option<u64>,
 }
@@ -207,6 +211,7 @@ impl Call {
             limit,
             output_per_choice: limit.map_or(wanted, |limit| wanted.min(limit)),
             cached: header_u64(headers, "x-sandbox-cached-tokens").unwrap_or(0),
+            input_tokens: header_u64(headers, "x-sandbox-input-tokens"),
             chunk_delay: Duration::from_millis(
                 header_u64(headers, "x-sandbox-chunk-delay-ms")
                     .unwrap_or(0)
@@ -214,6 +219,11 @@ impl Call {
             ),
             cut_after: header_u64(headers, "x-sandbox-cut-after"),
         }
+    }
+
+    /// The input tokens to report for a prompt of `counted` tokens.
+    fn input(&self, counted: u64) -> u64 {
+        self.input_tokens.unwrap_or(counted)
     }
 
     fn stopped_by_limit(&self) -> bool {
@@ -276,7 +286,7 @@ fn named(name: &str, event: &Value) -> String {
 
 fn chat(call: &Call, request: &Value) -> Response {
     let n = request["n"].as_u64().unwrap_or(1);
-    let prompt = words(&request["messages"]);
+    let prompt = call.input(words(&request["messages"]));
     let cached = call.cached.min(prompt);
     let usage = json!({
         "prompt_tokens": prompt,
@@ -341,7 +351,7 @@ fn chat(call: &Call, request: &Value) -> Response {
 }
 
 fn responses(call: &Call, request: &Value) -> Response {
-    let input = words(&request["input"]) + words(&request["instructions"]);
+    let input = call.input(words(&request["input"]) + words(&request["instructions"]));
     let cached = call.cached.min(input);
     let usage = json!({
         "input_tokens": input,
@@ -433,7 +443,7 @@ fn messages(call: &Call, request: &Value) -> Response {
     } else {
         0
     };
-    let input = words(&request["messages"]) + words(&request["system"]) + tool_prompt;
+    let input = call.input(words(&request["messages"]) + words(&request["system"]) + tool_prompt);
     let cached = call.cached.min(input);
     let stop = if call.stopped_by_limit() {
         "max_tokens"

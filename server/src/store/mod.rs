@@ -7,6 +7,7 @@
 //!   `spent + reserved + cost <= cap`, and commits before the request is forwarded;
 //! - [`Store::settle_call`] moves a reservation to its actual cost exactly once.
 
+mod cached;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use vault_key_wire::{EndpointPattern, ErrorCode, KeyStatus, Usd};
 use crate::meter::{IdempotencyClaim, ObjectRef, Settlement};
 use crate::token::TokenHash;
 
+pub use cached::CachedStore;
 pub use sqlite::{SqliteStore, SyncMode};
 
 /// A failure of the store itself (not a refusal): the request cannot be served.
@@ -180,6 +182,17 @@ pub struct CallRecord {
     pub denied: Option<ErrorCode>,
 }
 
+/// A call just settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The key that made it.
+    pub key_id: String,
+    /// What it had reserved.
+    pub reserved: Usd,
+    /// What it cost (above `reserved` when the vendor billed more).
+    pub cost: Usd,
+}
+
 /// Outcome of revoking one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revoked {
@@ -232,13 +245,13 @@ pub trait Store: Send + Sync + 'static {
     /// Reserves a call's maximum cost against the cap and records it, atomically and durably.
     async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError>;
     /// Settles an opened call to its actual cost (recording the object it created), once; later
-    /// calls for the same id do nothing.
+    /// calls for the same id do nothing and return `None`.
     async fn settle_call(
         &self,
         call_id: i64,
         settlement: &Settlement,
         upstream_status: Option<u16>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<Settled>, StoreError>;
     /// Ends an opened call whose outcome is unknown: its reservation stays, and it no longer
     /// counts as in flight.
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError>;

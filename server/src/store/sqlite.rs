@@ -21,7 +21,7 @@ use vault_key_wire::{ErrorCode, KeyStatus, Usd};
 
 use super::{
     utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall,
-    Revoked, Store, StoreError,
+    Revoked, Settled, Store, StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -446,7 +446,7 @@ impl Store for SqliteStore {
         call_id: i64,
         settlement: &Settlement,
         upstream_status: Option<u16>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Settled>, StoreError> {
         let cost = settlement.cost;
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query(
@@ -457,7 +457,7 @@ impl Store for SqliteStore {
         .await?;
         let Some(row) = row else {
             // Already settled (or never opened): settling is idempotent.
-            return Ok(());
+            return Ok(None);
         };
         let key_id: String = row.try_get(0)?;
         let day: String = row.try_get(1)?;
@@ -501,7 +501,11 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Some(Settled {
+            key_id,
+            reserved: usd(reserved),
+            cost,
+        }))
     }
 
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {
