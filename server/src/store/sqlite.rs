@@ -1,22 +1,27 @@
 //! The embedded store: SQLite, in a file or in memory.
 //!
-//! All writes go through one connection, so SQLite's single-writer rule is met by queueing in the
-//! pool rather than by `SQLITE_BUSY` retries, and every transaction sees the one before it. Reads
-//! of a file database use a separate pool and run beside the writer (WAL mode). With
-//! `synchronous = NORMAL` a committed transaction is in the WAL before `commit` returns, which is
-//! what surviving a crash of the server process needs; [`SyncMode::Full`] adds an fsync per commit
-//! for surviving power loss.
+//! All writes go through one connection, so SQLite's single-writer rule is met by queueing rather
+//! than by `SQLITE_BUSY` retries, and every transaction sees the one before it. The proxy's
+//! writes — reservations, settlements, the audit trail — are committed in groups: a writer task
+//! takes every write waiting and runs them in one transaction, so concurrent calls share one
+//! commit (and, with [`SyncMode::Full`], one fsync) and no call's reservation is answered before
+//! it is durable. Reads of a file database use a separate pool and run beside the writer (WAL
+//! mode). With `synchronous = NORMAL` a committed transaction is in the WAL before `commit`
+//! returns, which is what surviving a crash of the server process needs; [`SyncMode::Full`] adds
+//! an fsync per commit for surviving power loss.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use time::{Date, OffsetDateTime};
+use tokio::sync::{mpsc, oneshot};
 use vault_key_wire::{ErrorCode, KeyStatus, Usd};
 
 use super::{
@@ -45,6 +50,118 @@ const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    group: GroupCommit,
+}
+
+/// The most writes committed in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// The queue of the writer task that commits the proxy's writes in groups.
+#[derive(Clone)]
+struct GroupCommit {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+/// One write of a group: it runs inside the group's transaction, says whether it succeeded, and
+/// leaves what delivers its result once the transaction has ended.
+type Job =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+
+/// Delivers a write's result, given how its group's transaction ended.
+type Deliver = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+impl GroupCommit {
+    /// Starts the writer task on `pool`'s connection.
+    fn start(pool: SqlitePool) -> GroupCommit {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(commit_groups(pool, jobs));
+        GroupCommit { queue }
+    }
+
+    /// Runs `write` in the next group, and returns its result once the group has committed.
+    /// A write that fails fails its whole group (nothing of it is kept): the failures a write can
+    /// meet here — a full disk, a lost file — are the database's, not the write's.
+    async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let result = write(conn).await;
+                let ok = result.is_ok();
+                let deliver: Deliver = Box::new(move |group| {
+                    let _ = reply.send(match (result, group) {
+                        (Ok(value), Ok(())) => Ok(value),
+                        (Err(own), _) => Err(own),
+                        (Ok(_), Err(why)) => Err(StoreError(sqlx::Error::Io(
+                            std::io::Error::other(format!("the write was rolled back: {why}")),
+                        ))),
+                    });
+                });
+                (ok, deliver)
+            })
+        });
+        self.queue
+            .send(job)
+            .map_err(|_| StoreError(sqlx::Error::WorkerCrashed))?;
+        // A group that could not even begin drops its writes: their senders go with them.
+        result
+            .await
+            .map_err(|_| StoreError(sqlx::Error::WorkerCrashed))?
+    }
+}
+
+/// The writer task: takes every write waiting (at most [`MAX_GROUP`]), runs them in one
+/// transaction, commits, and only then answers each.
+async fn commit_groups(pool: SqlitePool, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_GROUP);
+    while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::error!(%error, writes = group.len(), "the store's writer is unavailable");
+                group.clear();
+                continue;
+            }
+        };
+        let mut tx = match conn.begin().await {
+            Ok(tx) => tx,
+            Err(error) => {
+                tracing::error!(%error, writes = group.len(), "a group of writes could not begin");
+                group.clear();
+                continue;
+            }
+        };
+        let mut failed = false;
+        for job in group.drain(..) {
+            let (ok, deliver) = job(&mut tx).await;
+            failed |= !ok;
+            deliveries.push(deliver);
+        }
+        let outcome = if failed {
+            let _ = tx.rollback().await;
+            Err("another write of its group failed".to_owned())
+        } else {
+            tx.commit().await.map_err(|error| {
+                tracing::error!(%error, writes = deliveries.len(), "a group of writes could not commit");
+                error.to_string()
+            })
+        };
+        for deliver in deliveries.drain(..) {
+            deliver(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        }
+    }
 }
 
 impl SqliteStore {
@@ -85,7 +202,12 @@ impl SqliteStore {
                 .connect_with(options.read_only(true))
                 .await?
         };
-        Ok(SqliteStore { writer, reader })
+        let group = GroupCommit::start(writer.clone());
+        Ok(SqliteStore {
+            writer,
+            reader,
+            group,
+        })
     }
 
     /// One key with its day's spend, from a bound `KEY_BY_*` statement.
@@ -333,112 +455,10 @@ impl Store for SqliteStore {
     }
 
     async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError> {
-        let day = utc_day(call.at).to_string();
-        let at_ms = to_ms(call.at);
-        let mut tx = self.writer.begin().await?;
-        // The key's state is read inside the transaction that reserves: nothing can revoke it
-        // between this check and the money moving.
-        let state: Option<(Option<i64>, i64)> =
-            sqlx::query_as("SELECT revoked_ms, expires_ms FROM keys WHERE id = ?")
-                .bind(&call.key_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match state {
-            Some((Some(_), _)) | None => return Ok(OpenedCall::KeyRevoked),
-            Some((None, expires_ms)) if at_ms >= expires_ms => return Ok(OpenedCall::KeyExpired),
-            Some(_) => {}
-        }
-        if let Some(object) = &call.acts_on {
-            let owned: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM owned_objects WHERE key_id = ?1 AND object_id = ?2 AND kind = ?4 \
-                 AND (?3 IS NULL OR currency = ?3)",
-            )
-            .bind(&call.key_id)
-            .bind(&object.id)
-            .bind(object.currency.as_deref())
-            .bind(&object.kind)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if owned.is_none() {
-                return Ok(OpenedCall::NotOwned);
-            }
-        }
-        let mut reserve = call.max_cost;
-        if let Some(claim) = &call.idempotency {
-            // The latest reserving call under this key. While it is in flight its outcome is open
-            // (a 4xx would make a replay execute anew): refuse. Once it may have cost money
-            // (settled above zero, or outcome unknown with its reservation kept), the vendor will
-            // replay its result rather than act again: reserve nothing more.
-            let earlier: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-                "SELECT settled_micros, in_flight_until_ms FROM calls WHERE key_id = ? \
-                 AND idempotency_key = ? AND fingerprint = ? AND at_ms > ? \
-                 ORDER BY id DESC LIMIT 1",
-            )
-            .bind(&call.key_id)
-            .bind(&claim.key)
-            .bind(&claim.fingerprint)
-            .bind(at_ms - IDEMPOTENCY_WINDOW_MS)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match earlier {
-                Some((None, Some(until))) if until > at_ms => {
-                    return Ok(OpenedCall::IdempotencyInFlight)
-                }
-                Some((None, _)) => reserve = Usd::ZERO,
-                Some((Some(settled), _)) if settled > 0 => reserve = Usd::ZERO,
-                _ => {}
-            }
-        }
-        if !reserve.is_zero() {
-            sqlx::query("INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(&call.key_id)
-                .bind(&day)
-                .execute(&mut *tx)
-                .await?;
-            let reserved = sqlx::query(
-                "UPDATE spend SET reserved_micros = reserved_micros + ?1 \
-                 WHERE key_id = ?2 AND day = ?3 AND spent_micros + reserved_micros + ?1 <= ?4",
-            )
-            .bind(micros(reserve))
-            .bind(&call.key_id)
-            .bind(&day)
-            .bind(micros(call.cap))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if reserved == 0 {
-                let spend = day_spend(&mut tx, &call.key_id, &day).await?;
-                tx.rollback().await?;
-                return Ok(OpenedCall::CapExhausted(spend));
-            }
-        }
-        // Only a reserving call can be replayed: a replay records no idempotency key of its own.
-        let claim = call.idempotency.as_ref().filter(|_| !reserve.is_zero());
-        let call_id: i64 = sqlx::query_scalar(
-            "INSERT INTO calls (key_id, day, at_ms, method, path, reserved_micros, \
-             idempotency_key, fingerprint, in_flight_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             RETURNING id",
-        )
-        .bind(&call.key_id)
-        .bind(&day)
-        .bind(at_ms)
-        .bind(&call.method)
-        .bind(&call.path)
-        .bind(micros(reserve))
-        .bind(claim.map(|c| c.key.as_str()))
-        .bind(claim.map(|c| c.fingerprint.as_str()))
-        .bind(to_ms(call.in_flight_until))
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
-            .bind(&call.key_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(OpenedCall::Opened {
-            call_id,
-            reserved: reserve,
-        })
+        let call = call.clone();
+        self.group
+            .write(move |conn| Box::pin(async move { open_call(conn, &call).await }))
+            .await
     }
 
     async fn settle_call(
@@ -447,73 +467,28 @@ impl Store for SqliteStore {
         settlement: &Settlement,
         upstream_status: Option<u16>,
     ) -> Result<Option<Settled>, StoreError> {
-        let cost = settlement.cost;
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query(
-            "SELECT key_id, day, reserved_micros FROM calls WHERE id = ? AND settled_micros IS NULL",
-        )
-        .bind(call_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            // Already settled (or never opened): settling is idempotent.
-            return Ok(None);
-        };
-        let key_id: String = row.try_get(0)?;
-        let day: String = row.try_get(1)?;
-        let reserved: i64 = row.try_get(2)?;
-        sqlx::query(
-            "UPDATE calls SET settled_micros = ?, upstream_status = ?, in_flight_until_ms = NULL \
-             WHERE id = ?",
-        )
-        .bind(micros(cost))
-        .bind(upstream_status.map(i64::from))
-        .bind(call_id)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(object) = &settlement.created {
-            sqlx::query(
-                "INSERT INTO owned_objects (key_id, object_id, kind, currency) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&key_id)
-            .bind(&object.id)
-            .bind(&object.kind)
-            .bind(object.currency.as_deref())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if reserved != 0 || !cost.is_zero() {
-            sqlx::query("INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(&key_id)
-                .bind(&day)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE spend SET reserved_micros = reserved_micros - ?, \
-                 spent_micros = spent_micros + ? WHERE key_id = ? AND day = ?",
-            )
-            .bind(reserved)
-            .bind(micros(cost))
-            .bind(&key_id)
-            .bind(&day)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Some(Settled {
-            key_id,
-            reserved: usd(reserved),
-            cost,
-        }))
+        let settlement = settlement.clone();
+        self.group
+            .write(move |conn| {
+                Box::pin(
+                    async move { settle_call(conn, call_id, &settlement, upstream_status).await },
+                )
+            })
+            .await
     }
 
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE calls SET in_flight_until_ms = NULL WHERE id = ?")
-            .bind(call_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        self.group
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("UPDATE calls SET in_flight_until_ms = NULL WHERE id = ?")
+                        .bind(call_id)
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn record_free_call(
@@ -524,41 +499,53 @@ impl Store for SqliteStore {
         path: &str,
         upstream_status: Option<u16>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO calls (key_id, day, at_ms, method, path, upstream_status, settled_micros) \
-             VALUES (?, ?, ?, ?, ?, ?, 0)",
-        )
-        .bind(key_id)
-        .bind(utc_day(at).to_string())
-        .bind(to_ms(at))
-        .bind(method)
-        .bind(path)
-        .bind(upstream_status.map(i64::from))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
-            .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (key_id, method, path) = (key_id.to_owned(), method.to_owned(), path.to_owned());
+        self.group
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO calls (key_id, day, at_ms, method, path, upstream_status, \
+                         settled_micros) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    )
+                    .bind(&key_id)
+                    .bind(utc_day(at).to_string())
+                    .bind(to_ms(at))
+                    .bind(&method)
+                    .bind(&path)
+                    .bind(upstream_status.map(i64::from))
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
+                        .bind(&key_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn record_denial(&self, denial: &DeniedCall) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO calls (key_id, day, at_ms, method, path, denied, settled_micros) \
-             VALUES (?, ?, ?, ?, ?, ?, 0)",
-        )
-        .bind(&denial.key_id)
-        .bind(utc_day(denial.at).to_string())
-        .bind(to_ms(denial.at))
-        .bind(&denial.method)
-        .bind(&denial.path)
-        .bind(denial.code.as_str())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let denial = denial.clone();
+        self.group
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO calls (key_id, day, at_ms, method, path, denied, \
+                         settled_micros) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    )
+                    .bind(&denial.key_id)
+                    .bind(utc_day(denial.at).to_string())
+                    .bind(to_ms(denial.at))
+                    .bind(&denial.method)
+                    .bind(&denial.path)
+                    .bind(denial.code.as_str())
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
@@ -616,4 +603,168 @@ impl Store for SqliteStore {
             expired: count(2)?,
         })
     }
+}
+
+/// Reserves a call's cost (see [`Store::open_call`]) inside the writer's transaction: the key's
+/// state, ownership, idempotency and the cap are all read in the transaction that reserves.
+async fn open_call(conn: &mut SqliteConnection, call: &NewCall) -> Result<OpenedCall, StoreError> {
+    let day = utc_day(call.at).to_string();
+    let at_ms = to_ms(call.at);
+    // Nothing can revoke the key between this check and the money moving.
+    let state: Option<(Option<i64>, i64)> =
+        sqlx::query_as("SELECT revoked_ms, expires_ms FROM keys WHERE id = ?")
+            .bind(&call.key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match state {
+        Some((Some(_), _)) | None => return Ok(OpenedCall::KeyRevoked),
+        Some((None, expires_ms)) if at_ms >= expires_ms => return Ok(OpenedCall::KeyExpired),
+        Some(_) => {}
+    }
+    if let Some(object) = &call.acts_on {
+        let owned: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM owned_objects WHERE key_id = ?1 AND object_id = ?2 AND kind = ?4 \
+             AND (?3 IS NULL OR currency = ?3)",
+        )
+        .bind(&call.key_id)
+        .bind(&object.id)
+        .bind(object.currency.as_deref())
+        .bind(&object.kind)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if owned.is_none() {
+            return Ok(OpenedCall::NotOwned);
+        }
+    }
+    let mut reserve = call.max_cost;
+    if let Some(claim) = &call.idempotency {
+        // The latest reserving call under this key. While it is in flight its outcome is open
+        // (a 4xx would make a replay execute anew): refuse. Once it may have cost money
+        // (settled above zero, or outcome unknown with its reservation kept), the vendor will
+        // replay its result rather than act again: reserve nothing more.
+        let earlier: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT settled_micros, in_flight_until_ms FROM calls WHERE key_id = ? \
+             AND idempotency_key = ? AND fingerprint = ? AND at_ms > ? \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&call.key_id)
+        .bind(&claim.key)
+        .bind(&claim.fingerprint)
+        .bind(at_ms - IDEMPOTENCY_WINDOW_MS)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match earlier {
+            Some((None, Some(until))) if until > at_ms => {
+                return Ok(OpenedCall::IdempotencyInFlight)
+            }
+            Some((None, _)) => reserve = Usd::ZERO,
+            Some((Some(settled), _)) if settled > 0 => reserve = Usd::ZERO,
+            _ => {}
+        }
+    }
+    if !reserve.is_zero() {
+        // One conditional statement: the day's first reservation inserts the row, later ones
+        // add to it, and neither happens past the cap.
+        let reserved = sqlx::query(
+            "INSERT INTO spend (key_id, day, reserved_micros) SELECT ?2, ?3, ?1 WHERE ?1 <= ?4 \
+             ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros + ?1 \
+             WHERE spent_micros + reserved_micros + ?1 <= ?4",
+        )
+        .bind(micros(reserve))
+        .bind(&call.key_id)
+        .bind(&day)
+        .bind(micros(call.cap))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if reserved == 0 {
+            return Ok(OpenedCall::CapExhausted(
+                day_spend(conn, &call.key_id, &day).await?,
+            ));
+        }
+    }
+    // Only a reserving call can be replayed: a replay records no idempotency key of its own.
+    let claim = call.idempotency.as_ref().filter(|_| !reserve.is_zero());
+    let call_id: i64 = sqlx::query_scalar(
+        "INSERT INTO calls (key_id, day, at_ms, method, path, reserved_micros, \
+         idempotency_key, fingerprint, in_flight_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         RETURNING id",
+    )
+    .bind(&call.key_id)
+    .bind(&day)
+    .bind(at_ms)
+    .bind(&call.method)
+    .bind(&call.path)
+    .bind(micros(reserve))
+    .bind(claim.map(|c| c.key.as_str()))
+    .bind(claim.map(|c| c.fingerprint.as_str()))
+    .bind(to_ms(call.in_flight_until))
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
+        .bind(&call.key_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(OpenedCall::Opened {
+        call_id,
+        reserved: reserve,
+    })
+}
+
+/// Settles a call (see [`Store::settle_call`]) inside the writer's transaction.
+async fn settle_call(
+    conn: &mut SqliteConnection,
+    call_id: i64,
+    settlement: &Settlement,
+    upstream_status: Option<u16>,
+) -> Result<Option<Settled>, StoreError> {
+    let cost = settlement.cost;
+    let row = sqlx::query(
+        "UPDATE calls SET settled_micros = ?, upstream_status = ?, in_flight_until_ms = NULL \
+         WHERE id = ? AND settled_micros IS NULL RETURNING key_id, day, reserved_micros",
+    )
+    .bind(micros(cost))
+    .bind(upstream_status.map(i64::from))
+    .bind(call_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        // Already settled (or never opened): settling is idempotent.
+        return Ok(None);
+    };
+    let key_id: String = row.try_get(0)?;
+    let day: String = row.try_get(1)?;
+    let reserved: i64 = row.try_get(2)?;
+    if let Some(object) = &settlement.created {
+        sqlx::query(
+            "INSERT INTO owned_objects (key_id, object_id, kind, currency) VALUES (?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&key_id)
+        .bind(&object.id)
+        .bind(&object.kind)
+        .bind(object.currency.as_deref())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if reserved != 0 || !cost.is_zero() {
+        // A call that reserved has its day's row; one that reserved nothing (a replay) and cost
+        // something may not.
+        sqlx::query(
+            "INSERT INTO spend (key_id, day, spent_micros) VALUES (?1, ?2, ?4) \
+             ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros - ?3, \
+             spent_micros = spent_micros + ?4",
+        )
+        .bind(&key_id)
+        .bind(&day)
+        .bind(reserved)
+        .bind(micros(cost))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Some(Settled {
+        key_id,
+        reserved: usd(reserved),
+        cost,
+    }))
 }
