@@ -33,6 +33,11 @@ impl Latencies {
         self.histogram.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// Requests that succeeded.
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
     /// Records one outcome.
     pub fn record(&mut self, outcome: Result<Duration, String>) {
         match outcome {

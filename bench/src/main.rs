@@ -4,6 +4,7 @@
 //! is shared and noisy, so no figure here is asserted by a test.
 
 mod load;
+mod scale;
 mod stack;
 
 use std::process::ExitCode;
@@ -125,6 +126,7 @@ async fn main() -> ExitCode {
     let dir = std::env::temp_dir().join(format!("vault-key-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("normal")).expect("a temporary directory");
     std::fs::create_dir_all(dir.join("full")).expect("a temporary directory");
+    std::fs::create_dir_all(dir.join("scale")).expect("a temporary directory");
     let result = run(&args, &dir).await;
     std::fs::remove_dir_all(&dir).ok();
     match result {
@@ -232,8 +234,11 @@ async fn run(args: &Args, dir: &std::path::Path) -> Result<Report, String> {
     println!("\n#[vault_key] on an Axum handler");
     issuance(&mut report, args, phase, &client).await?;
 
-    println!("\ndurability: the metered path with --sync full");
     drop(server);
+    println!("\nscale: keys stored, and the database's size");
+    scale::scale(&mut report, args, upstream, &dir.join("scale")).await?;
+
+    println!("\ndurability: the metered path with --sync full");
     let full = start_server(upstream, &dir.join("full"), SyncMode::Full);
     let full_client = Client::new(full.url.clone(), ADMIN).map_err(|e| e.to_string())?;
     let full_key = full_client
