@@ -23,8 +23,17 @@ pub use sqlite::{SqliteStore, SyncMode};
 
 /// A failure of the store itself (not a refusal): the request cannot be served.
 #[derive(Debug, thiserror::Error)]
-#[error("key store error: {0}")]
-pub struct StoreError(#[from] pub sqlx::Error);
+pub enum StoreError {
+    /// The database could not be read, or what it held could not be decoded.
+    #[error("key store error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The writing connection failed.
+    #[error("key store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A write was not made durable: its group was rolled back, or the writer has stopped.
+    #[error("key store error: {0}")]
+    Write(String),
+}
 
 /// A key as stored (its token only as a hash).
 #[derive(Debug, Clone)]

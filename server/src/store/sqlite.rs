@@ -10,16 +10,18 @@
 //! returns, which is what surviving a crash of the server process needs; [`SyncMode::Full`] adds
 //! an fsync per commit for surviving power loss.
 
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite};
 use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
 use vault_key_wire::{ErrorCode, KeyStatus, Usd};
@@ -48,15 +50,50 @@ const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// The SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
     reader: SqlitePool,
+    /// Checkpoints the WAL.
+    checkpointer: SqlitePool,
     group: GroupCommit,
+    /// The directory of a database asked for in memory, removed with the last clone.
+    _scratch: Option<Arc<tempfile::TempDir>>,
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Copies the WAL back into the database file, beside the writer rather than in its way, until
+/// the store closes. A passive checkpoint waits for no reader or writer; frames it could not copy
+/// this time are copied the next.
+async fn checkpoint_wal(pool: SqlitePool) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(%error, "could not checkpoint the WAL");
+        }
+    }
 }
 
 /// The most writes committed in one transaction.
 const MAX_GROUP: usize = 256;
 
-/// The queue of the writer task that commits the proxy's writes in groups.
+/// The queue of the writer thread, which owns the database's one writing connection and commits
+/// what waits in it in groups.
+///
+/// A thread with a synchronous connection, rather than an async driver: sqlx's SQLite driver runs
+/// each statement on a worker thread of its own, and the hand-offs (thread wake-ups, measured at
+/// the top of the proxy's profile) cost more than the statements. Here a whole group is one
+/// hand-off each way.
 #[derive(Clone)]
 struct GroupCommit {
     queue: mpsc::UnboundedSender<Job>,
@@ -70,18 +107,34 @@ impl std::fmt::Debug for GroupCommit {
 
 /// One write of a group: it runs inside the group's transaction, says whether it succeeded, and
 /// leaves what delivers its result once the transaction has ended.
-type Job =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+type Job = Box<dyn FnOnce(&rusqlite::Connection) -> (bool, Deliver) + Send>;
 
 /// Delivers a write's result, given how its group's transaction ended.
 type Deliver = Box<dyn FnOnce(Result<(), &str>) + Send>;
 
 impl GroupCommit {
-    /// Starts the writer task on `pool`'s connection.
-    fn start(pool: SqlitePool) -> GroupCommit {
+    /// Opens the writing connection to the database at `path` and starts its thread.
+    fn start(path: &Path, sync: SyncMode) -> Result<GroupCommit, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                SyncMode::Normal => "NORMAL",
+                SyncMode::Full => "FULL",
+            },
+        )?;
+        // The writer never checkpoints the WAL itself (a checkpoint, with its fsync, would stall
+        // every write queued behind it); a connection of its own does, beside it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(commit_groups(pool, jobs));
-        GroupCommit { queue }
+        std::thread::Builder::new()
+            .name("vault-key-writer".to_owned())
+            .spawn(move || commit_groups(conn, jobs))
+            .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?;
+        Ok(GroupCommit { queue })
     }
 
     /// Runs `write` in the next group, and returns its result once the group has committed.
@@ -90,52 +143,44 @@ impl GroupCommit {
     async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
-            + Send
-            + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, result) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            Box::pin(async move {
-                let result = write(conn).await;
-                let ok = result.is_ok();
-                let deliver: Deliver = Box::new(move |group| {
-                    let _ = reply.send(match (result, group) {
-                        (Ok(value), Ok(())) => Ok(value),
-                        (Err(own), _) => Err(own),
-                        (Ok(_), Err(why)) => Err(StoreError(sqlx::Error::Io(
-                            std::io::Error::other(format!("the write was rolled back: {why}")),
-                        ))),
-                    });
+            let result = write(conn);
+            let ok = result.is_ok();
+            let deliver: Deliver = Box::new(move |group| {
+                let _ = reply.send(match (result, group) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Err(own), _) => Err(own),
+                    (Ok(_), Err(why)) => Err(StoreError::Write(format!(
+                        "the write was rolled back: {why}"
+                    ))),
                 });
-                (ok, deliver)
-            })
+            });
+            (ok, deliver)
         });
-        self.queue
-            .send(job)
-            .map_err(|_| StoreError(sqlx::Error::WorkerCrashed))?;
-        // A group that could not even begin drops its writes: their senders go with them.
-        result
-            .await
-            .map_err(|_| StoreError(sqlx::Error::WorkerCrashed))?
+        let gone = || StoreError::Write("the store's writer has stopped".to_owned());
+        self.queue.send(job).map_err(|_| gone())?;
+        // A group that could not even begin drops its writes, and their reply senders with them.
+        result.await.map_err(|_| gone())?
     }
 }
 
-/// The writer task: takes every write waiting (at most [`MAX_GROUP`]), runs them in one
-/// transaction, commits, and only then answers each.
-async fn commit_groups(pool: SqlitePool, mut jobs: mpsc::UnboundedReceiver<Job>) {
+/// The writer thread: takes every write waiting (at most [`MAX_GROUP`]), runs them in one
+/// transaction, commits, and only then answers each. Ends when the store is dropped.
+fn commit_groups(mut conn: rusqlite::Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_GROUP);
-    while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let mut conn = match pool.acquire().await {
-            Ok(conn) => conn,
-            Err(error) => {
-                tracing::error!(%error, writes = group.len(), "the store's writer is unavailable");
-                group.clear();
-                continue;
+    while let Some(first) = jobs.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
             }
-        };
-        let mut tx = match conn.begin().await {
+        }
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(error) => {
                 tracing::error!(%error, writes = group.len(), "a group of writes could not begin");
@@ -145,15 +190,15 @@ async fn commit_groups(pool: SqlitePool, mut jobs: mpsc::UnboundedReceiver<Job>)
         };
         let mut failed = false;
         for job in group.drain(..) {
-            let (ok, deliver) = job(&mut tx).await;
+            let (ok, deliver) = job(&tx);
             failed |= !ok;
             deliveries.push(deliver);
         }
         let outcome = if failed {
-            let _ = tx.rollback().await;
+            let _ = tx.rollback();
             Err("another write of its group failed".to_owned())
         } else {
-            tx.commit().await.map_err(|error| {
+            tx.commit().map_err(|error| {
                 tracing::error!(%error, writes = deliveries.len(), "a group of writes could not commit");
                 error.to_string()
             })
@@ -168,45 +213,48 @@ impl SqliteStore {
     /// Opens (creating if needed) the database named by a `sqlite://path` or `sqlite::memory:` URL
     /// and brings its schema up to date.
     pub async fn open(url: &str, sync: SyncMode) -> Result<SqliteStore, StoreError> {
+        // A database asked for in memory is a file in a directory of its own, removed with the
+        // store: the writer thread and the reading pool are separate connections, and share a
+        // file as they could not share a memory.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let options = SqliteConnectOptions::from_str(url)?
+        let (options, scratch) = if in_memory {
+            let scratch = tempfile::Builder::new()
+                .prefix("vault-key-")
+                .tempdir()
+                .map_err(|e| StoreError::Write(format!("cannot make a scratch database: {e}")))?;
+            let options = SqliteConnectOptions::new().filename(scratch.path().join("vault-key.db"));
+            (options, Some(Arc::new(scratch)))
+        } else {
+            (SqliteConnectOptions::from_str(url)?, None)
+        };
+        let options = options
             .create_if_missing(true)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
-            .journal_mode(if in_memory {
-                SqliteJournalMode::Memory
-            } else {
-                SqliteJournalMode::Wal
-            })
+            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(match sync {
                 SyncMode::Normal => SqliteSynchronous::Normal,
                 SyncMode::Full => SqliteSynchronous::Full,
             });
-        // One long-lived connection: an in-memory database lives exactly as long as it does.
-        let writer = SqlitePoolOptions::new()
+        let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
+            .run(&checkpointer)
             .await
-            .map_err(|e| StoreError(e.into()))?;
-        let reader = if in_memory {
-            writer.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(options.read_only(true))
-                .await?
-        };
-        let group = GroupCommit::start(writer.clone());
+            .map_err(|e| StoreError::Database(e.into()))?;
+        tokio::spawn(checkpoint_wal(checkpointer.clone()));
+        let group = GroupCommit::start(options.get_filename(), sync)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
         Ok(SqliteStore {
-            writer,
             reader,
+            checkpointer,
             group,
+            _scratch: scratch,
         })
     }
 
@@ -220,10 +268,14 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// Closes both pools, waiting for queries in progress.
+    /// Closes the reading connections, waiting for queries in progress, and makes a last
+    /// checkpoint. The writer thread ends with the last clone of the store.
     pub async fn close(&self) {
-        self.writer.close().await;
         self.reader.close().await;
+        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.checkpointer)
+            .await;
+        self.checkpointer.close().await;
     }
 }
 
@@ -261,15 +313,14 @@ fn micros(amount: Usd) -> i64 {
 }
 
 fn decode_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError(sqlx::Error::Decode(Box::new(e)))
+    StoreError::Database(sqlx::Error::Decode(Box::new(e)))
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<(i64, KeyRecord, DaySpend), StoreError> {
     let hash: Vec<u8> = row.try_get("token_hash")?;
-    let token_hash = TokenHash(
-        hash.try_into()
-            .map_err(|_| StoreError(sqlx::Error::Decode("token hash is not 32 bytes".into())))?,
-    );
+    let token_hash = TokenHash(hash.try_into().map_err(|_| {
+        StoreError::Database(sqlx::Error::Decode("token hash is not 32 bytes".into()))
+    })?);
     let endpoints: String = row.try_get("allowed_endpoints")?;
     let methods: Option<String> = row.try_get("allowed_methods")?;
     let record = KeyRecord {
@@ -287,8 +338,9 @@ fn key_from_row(row: &SqliteRow) -> Result<(i64, KeyRecord, DaySpend), StoreErro
                 methods
                     .iter()
                     .map(|m| {
-                        http::Method::from_bytes(m.as_bytes())
-                            .map_err(|_| StoreError(sqlx::Error::Decode("bad method".into())))
+                        http::Method::from_bytes(m.as_bytes()).map_err(|_| {
+                            StoreError::Database(sqlx::Error::Decode("bad method".into()))
+                        })
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -305,55 +357,40 @@ fn key_from_row(row: &SqliteRow) -> Result<(i64, KeyRecord, DaySpend), StoreErro
     Ok((row.try_get("seq")?, record, spend))
 }
 
-async fn day_spend(
-    conn: &mut sqlx::SqliteConnection,
-    key_id: &str,
-    day: &str,
-) -> Result<DaySpend, StoreError> {
-    let row =
-        sqlx::query("SELECT spent_micros, reserved_micros FROM spend WHERE key_id = ? AND day = ?")
-            .bind(key_id)
-            .bind(day)
-            .fetch_optional(conn)
-            .await?;
-    Ok(match row {
-        Some(row) => DaySpend {
-            spent: usd(row.try_get(0)?),
-            reserved: usd(row.try_get(1)?),
-        },
-        None => DaySpend::default(),
-    })
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, allowed_endpoints, \
-             allowed_methods, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.token_hash.0[..])
-        .bind(&key.label)
-        .bind(&key.vendor)
-        .bind(micros(key.daily_cap))
-        .bind(serde_json::to_string(&key.allowed_endpoints).map_err(decode_err)?)
-        .bind(
-            key.allowed_methods
-                .as_ref()
-                .map(|methods| {
-                    serde_json::to_string(
-                        &methods.iter().map(http::Method::as_str).collect::<Vec<_>>(),
-                    )
-                })
-                .transpose()
-                .map_err(decode_err)?,
-        )
-        .bind(to_ms(key.created_at))
-        .bind(to_ms(key.expires_at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let endpoints = serde_json::to_string(&key.allowed_endpoints).map_err(decode_err)?;
+        let methods = key
+            .allowed_methods
+            .as_ref()
+            .map(|methods| {
+                serde_json::to_string(&methods.iter().map(http::Method::as_str).collect::<Vec<_>>())
+            })
+            .transpose()
+            .map_err(decode_err)?;
+        let key = key.clone();
+        self.group
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
+                     allowed_endpoints, allowed_methods, created_ms, expires_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    key.id,
+                    &key.token_hash.0[..],
+                    key.label,
+                    key.vendor,
+                    micros(key.daily_cap),
+                    endpoints,
+                    methods,
+                    to_ms(key.created_at),
+                    to_ms(key.expires_at),
+                ])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn key_by_token(
@@ -413,28 +450,26 @@ impl Store for SqliteStore {
     }
 
     async fn revoke(&self, id: &str, at: OffsetDateTime) -> Result<Revoked, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let changed =
-            sqlx::query("UPDATE keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL")
-                .bind(to_ms(at))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        let outcome = if changed == 1 {
-            Revoked::Now
-        } else if sqlx::query("SELECT 1 FROM keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some()
-        {
-            Revoked::Already
-        } else {
-            Revoked::NotFound
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        let id = id.to_owned();
+        self.group
+            .write(move |conn| {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
+                    )?
+                    .execute(params![to_ms(at), id])?;
+                Ok(if changed == 1 {
+                    Revoked::Now
+                } else if conn
+                    .prepare_cached("SELECT 1 FROM keys WHERE id = ?")?
+                    .exists([&id])?
+                {
+                    Revoked::Already
+                } else {
+                    Revoked::NotFound
+                })
+            })
+            .await
     }
 
     async fn revoke_by_label_prefix(
@@ -442,23 +477,23 @@ impl Store for SqliteStore {
         prefix: &str,
         at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let at_ms = to_ms(at);
-        let done = sqlx::query(
-            "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL AND expires_ms > ?1 \
-             AND substr(label, 1, length(?2)) = ?2",
-        )
-        .bind(at_ms)
-        .bind(prefix)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+        let prefix = prefix.to_owned();
+        self.group
+            .write(move |conn| {
+                let revoked = conn
+                    .prepare_cached(
+                        "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL \
+                         AND expires_ms > ?1 AND substr(label, 1, length(?2)) = ?2",
+                    )?
+                    .execute(params![to_ms(at), prefix])?;
+                Ok(u64::try_from(revoked).unwrap_or(u64::MAX))
+            })
+            .await
     }
 
     async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError> {
         let call = call.clone();
-        self.group
-            .write(move |conn| Box::pin(async move { open_call(conn, &call).await }))
-            .await
+        self.group.write(move |conn| open_call(conn, &call)).await
     }
 
     async fn settle_call(
@@ -469,24 +504,16 @@ impl Store for SqliteStore {
     ) -> Result<Option<Settled>, StoreError> {
         let settlement = settlement.clone();
         self.group
-            .write(move |conn| {
-                Box::pin(
-                    async move { settle_call(conn, call_id, &settlement, upstream_status).await },
-                )
-            })
+            .write(move |conn| settle_call(conn, call_id, &settlement, upstream_status))
             .await
     }
 
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {
         self.group
             .write(move |conn| {
-                Box::pin(async move {
-                    sqlx::query("UPDATE calls SET in_flight_until_ms = NULL WHERE id = ?")
-                        .bind(call_id)
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
+                conn.prepare_cached("UPDATE calls SET in_flight_until_ms = NULL WHERE id = ?")?
+                    .execute([call_id])?;
+                Ok(())
             })
             .await
     }
@@ -502,25 +529,19 @@ impl Store for SqliteStore {
         let (key_id, method, path) = (key_id.to_owned(), method.to_owned(), path.to_owned());
         self.group
             .write(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO calls (key_id, day, at_ms, method, path, upstream_status, \
-                         settled_micros) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                    )
-                    .bind(&key_id)
-                    .bind(utc_day(at).to_string())
-                    .bind(to_ms(at))
-                    .bind(&method)
-                    .bind(&path)
-                    .bind(upstream_status.map(i64::from))
-                    .execute(&mut *conn)
-                    .await?;
-                    sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
-                        .bind(&key_id)
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
+                conn.prepare_cached(
+                    "INSERT INTO calls (key_id, day, at_ms, method, path, upstream_status, \
+                     settled_micros) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                )?
+                .execute(params![
+                    key_id,
+                    utc_day(at).to_string(),
+                    to_ms(at),
+                    method,
+                    path,
+                    upstream_status,
+                ])?;
+                count_request(conn, &key_id)
             })
             .await
     }
@@ -529,21 +550,19 @@ impl Store for SqliteStore {
         let denial = denial.clone();
         self.group
             .write(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO calls (key_id, day, at_ms, method, path, denied, \
-                         settled_micros) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                    )
-                    .bind(&denial.key_id)
-                    .bind(utc_day(denial.at).to_string())
-                    .bind(to_ms(denial.at))
-                    .bind(&denial.method)
-                    .bind(&denial.path)
-                    .bind(denial.code.as_str())
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
+                conn.prepare_cached(
+                    "INSERT INTO calls (key_id, day, at_ms, method, path, denied, settled_micros) \
+                     VALUES (?, ?, ?, ?, ?, ?, 0)",
+                )?
+                .execute(params![
+                    denial.key_id,
+                    utc_day(denial.at).to_string(),
+                    to_ms(denial.at),
+                    denial.method,
+                    denial.path,
+                    denial.code.as_str(),
+                ])?;
+                Ok(())
             })
             .await
     }
@@ -605,34 +624,41 @@ impl Store for SqliteStore {
     }
 }
 
+/// Counts a call forwarded for the key.
+fn count_request(conn: &rusqlite::Connection, key_id: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE keys SET requests = requests + 1 WHERE id = ?")?
+        .execute([key_id])?;
+    Ok(())
+}
+
 /// Reserves a call's cost (see [`Store::open_call`]) inside the writer's transaction: the key's
 /// state, ownership, idempotency and the cap are all read in the transaction that reserves.
-async fn open_call(conn: &mut SqliteConnection, call: &NewCall) -> Result<OpenedCall, StoreError> {
+fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, StoreError> {
     let day = utc_day(call.at).to_string();
     let at_ms = to_ms(call.at);
     // Nothing can revoke the key between this check and the money moving.
-    let state: Option<(Option<i64>, i64)> =
-        sqlx::query_as("SELECT revoked_ms, expires_ms FROM keys WHERE id = ?")
-            .bind(&call.key_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let state: Option<(Option<i64>, i64)> = conn
+        .prepare_cached("SELECT revoked_ms, expires_ms FROM keys WHERE id = ?")?
+        .query_row([&call.key_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
     match state {
         Some((Some(_), _)) | None => return Ok(OpenedCall::KeyRevoked),
         Some((None, expires_ms)) if at_ms >= expires_ms => return Ok(OpenedCall::KeyExpired),
         Some(_) => {}
     }
     if let Some(object) = &call.acts_on {
-        let owned: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM owned_objects WHERE key_id = ?1 AND object_id = ?2 AND kind = ?4 \
-             AND (?3 IS NULL OR currency = ?3)",
-        )
-        .bind(&call.key_id)
-        .bind(&object.id)
-        .bind(object.currency.as_deref())
-        .bind(&object.kind)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if owned.is_none() {
+        let owned = conn
+            .prepare_cached(
+                "SELECT 1 FROM owned_objects WHERE key_id = ?1 AND object_id = ?2 AND kind = ?4 \
+                 AND (?3 IS NULL OR currency = ?3)",
+            )?
+            .exists(params![
+                call.key_id,
+                object.id,
+                object.currency.as_deref(),
+                object.kind
+            ])?;
+        if !owned {
             return Ok(OpenedCall::NotOwned);
         }
     }
@@ -642,17 +668,22 @@ async fn open_call(conn: &mut SqliteConnection, call: &NewCall) -> Result<Opened
         // (a 4xx would make a replay execute anew): refuse. Once it may have cost money
         // (settled above zero, or outcome unknown with its reservation kept), the vendor will
         // replay its result rather than act again: reserve nothing more.
-        let earlier: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT settled_micros, in_flight_until_ms FROM calls WHERE key_id = ? \
-             AND idempotency_key = ? AND fingerprint = ? AND at_ms > ? \
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(&call.key_id)
-        .bind(&claim.key)
-        .bind(&claim.fingerprint)
-        .bind(at_ms - IDEMPOTENCY_WINDOW_MS)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let earlier: Option<(Option<i64>, Option<i64>)> = conn
+            .prepare_cached(
+                "SELECT settled_micros, in_flight_until_ms FROM calls WHERE key_id = ? \
+                 AND idempotency_key = ? AND fingerprint = ? AND at_ms > ? \
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    call.key_id,
+                    claim.key,
+                    claim.fingerprint,
+                    at_ms - IDEMPOTENCY_WINDOW_MS
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
         match earlier {
             Some((None, Some(until))) if until > at_ms => {
                 return Ok(OpenedCall::IdempotencyInFlight)
@@ -665,46 +696,52 @@ async fn open_call(conn: &mut SqliteConnection, call: &NewCall) -> Result<Opened
     if !reserve.is_zero() {
         // One conditional statement: the day's first reservation inserts the row, later ones
         // add to it, and neither happens past the cap.
-        let reserved = sqlx::query(
-            "INSERT INTO spend (key_id, day, reserved_micros) SELECT ?2, ?3, ?1 WHERE ?1 <= ?4 \
-             ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros + ?1 \
-             WHERE spent_micros + reserved_micros + ?1 <= ?4",
-        )
-        .bind(micros(reserve))
-        .bind(&call.key_id)
-        .bind(&day)
-        .bind(micros(call.cap))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        let reserved = conn
+            .prepare_cached(
+                "INSERT INTO spend (key_id, day, reserved_micros) SELECT ?2, ?3, ?1 WHERE ?1 <= ?4 \
+                 ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros + ?1 \
+                 WHERE spent_micros + reserved_micros + ?1 <= ?4",
+            )?
+            .execute(params![micros(reserve), call.key_id, day, micros(call.cap)])?;
         if reserved == 0 {
-            return Ok(OpenedCall::CapExhausted(
-                day_spend(conn, &call.key_id, &day).await?,
-            ));
+            let spend = conn
+                .prepare_cached(
+                    "SELECT spent_micros, reserved_micros FROM spend WHERE key_id = ? AND day = ?",
+                )?
+                .query_row(params![call.key_id, day], |row| {
+                    Ok(DaySpend {
+                        spent: usd(row.get(0)?),
+                        reserved: usd(row.get(1)?),
+                    })
+                })
+                .optional()?
+                .unwrap_or_default();
+            return Ok(OpenedCall::CapExhausted(spend));
         }
     }
     // Only a reserving call can be replayed: a replay records no idempotency key of its own.
     let claim = call.idempotency.as_ref().filter(|_| !reserve.is_zero());
-    let call_id: i64 = sqlx::query_scalar(
-        "INSERT INTO calls (key_id, day, at_ms, method, path, reserved_micros, \
-         idempotency_key, fingerprint, in_flight_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         RETURNING id",
-    )
-    .bind(&call.key_id)
-    .bind(&day)
-    .bind(at_ms)
-    .bind(&call.method)
-    .bind(&call.path)
-    .bind(micros(reserve))
-    .bind(claim.map(|c| c.key.as_str()))
-    .bind(claim.map(|c| c.fingerprint.as_str()))
-    .bind(to_ms(call.in_flight_until))
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE keys SET requests = requests + 1 WHERE id = ?")
-        .bind(&call.key_id)
-        .execute(&mut *conn)
-        .await?;
+    let call_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO calls (key_id, day, at_ms, method, path, reserved_micros, \
+             idempotency_key, fingerprint, in_flight_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                call.key_id,
+                day,
+                at_ms,
+                call.method,
+                call.path,
+                micros(reserve),
+                claim.map(|c| c.key.as_str()),
+                claim.map(|c| c.fingerprint.as_str()),
+                to_ms(call.in_flight_until),
+            ],
+            |row| row.get(0),
+        )?;
+    count_request(conn, &call.key_id)?;
     Ok(OpenedCall::Opened {
         call_id,
         reserved: reserve,
@@ -712,55 +749,47 @@ async fn open_call(conn: &mut SqliteConnection, call: &NewCall) -> Result<Opened
 }
 
 /// Settles a call (see [`Store::settle_call`]) inside the writer's transaction.
-async fn settle_call(
-    conn: &mut SqliteConnection,
+fn settle_call(
+    conn: &rusqlite::Connection,
     call_id: i64,
     settlement: &Settlement,
     upstream_status: Option<u16>,
 ) -> Result<Option<Settled>, StoreError> {
     let cost = settlement.cost;
-    let row = sqlx::query(
-        "UPDATE calls SET settled_micros = ?, upstream_status = ?, in_flight_until_ms = NULL \
-         WHERE id = ? AND settled_micros IS NULL RETURNING key_id, day, reserved_micros",
-    )
-    .bind(micros(cost))
-    .bind(upstream_status.map(i64::from))
-    .bind(call_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else {
+    let settled: Option<(String, String, i64)> = conn
+        .prepare_cached(
+            "UPDATE calls SET settled_micros = ?, upstream_status = ?, in_flight_until_ms = NULL \
+             WHERE id = ? AND settled_micros IS NULL RETURNING key_id, day, reserved_micros",
+        )?
+        .query_row(params![micros(cost), upstream_status, call_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    let Some((key_id, day, reserved)) = settled else {
         // Already settled (or never opened): settling is idempotent.
         return Ok(None);
     };
-    let key_id: String = row.try_get(0)?;
-    let day: String = row.try_get(1)?;
-    let reserved: i64 = row.try_get(2)?;
     if let Some(object) = &settlement.created {
-        sqlx::query(
+        conn.prepare_cached(
             "INSERT INTO owned_objects (key_id, object_id, kind, currency) VALUES (?, ?, ?, ?) \
              ON CONFLICT DO NOTHING",
-        )
-        .bind(&key_id)
-        .bind(&object.id)
-        .bind(&object.kind)
-        .bind(object.currency.as_deref())
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![
+            key_id,
+            object.id,
+            object.kind,
+            object.currency.as_deref()
+        ])?;
     }
     if reserved != 0 || !cost.is_zero() {
         // A call that reserved has its day's row; one that reserved nothing (a replay) and cost
         // something may not.
-        sqlx::query(
+        conn.prepare_cached(
             "INSERT INTO spend (key_id, day, spent_micros) VALUES (?1, ?2, ?4) \
              ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros - ?3, \
              spent_micros = spent_micros + ?4",
-        )
-        .bind(&key_id)
-        .bind(&day)
-        .bind(reserved)
-        .bind(micros(cost))
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![key_id, day, reserved, micros(cost)])?;
     }
     Ok(Some(Settled {
         key_id,
