@@ -21,7 +21,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
 use vault_key_wire::{ErrorCode, KeyStatus, Usd};
@@ -61,9 +61,14 @@ pub struct SqliteStore {
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
+/// WAL frames (of 4 KiB pages) past which a checkpoint makes the writer wait: 64 MiB.
+const MAX_WAL_FRAMES: i64 = 16_384;
+
 /// Copies the WAL back into the database file, beside the writer rather than in its way, until
 /// the store closes. A passive checkpoint waits for no reader or writer; frames it could not copy
-/// this time are copied the next.
+/// this time are copied the next. The WAL starts over only once it has been copied whole when a
+/// write begins, which a writer that never pauses would never let happen: past
+/// [`MAX_WAL_FRAMES`], a restarting checkpoint holds the writer until the WAL can start over.
 async fn checkpoint_wal(pool: SqlitePool) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -72,10 +77,20 @@ async fn checkpoint_wal(pool: SqlitePool) {
         if pool.is_closed() {
             return;
         }
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
+        let checkpoint = async {
+            // (busy, frames in the WAL, frames copied)
+            let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pool)
+                .await?;
+            if frames > MAX_WAL_FRAMES {
+                tracing::info!(frames, "the WAL is long; restarting it");
+                sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                    .execute(&pool)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        if let Err(error) = checkpoint.await {
             if pool.is_closed() {
                 return;
             }
@@ -236,9 +251,10 @@ impl SqliteStore {
                 SyncMode::Normal => SqliteSynchronous::Normal,
                 SyncMode::Full => SqliteSynchronous::Full,
             });
+        // Its statements, five a second, are not worth a debug log line each.
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(options.clone().disable_statement_logging())
             .await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&checkpointer)
