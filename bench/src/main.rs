@@ -128,6 +128,19 @@ fn http() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// A key for `vendor`'s `/v1/items` on the fixed upstream, for an hour.
+async fn item_key(client: &Client, vendor: &str, cap_usd: u64) -> Result<VaultKey, String> {
+    client
+        .issue(
+            &KeySpec::new(vendor)
+                .cap_usd(cap_usd)
+                .endpoints(["/v1/items"])
+                .ttl(Duration::from_secs(3600)),
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Sends `request`, reads the whole answer, and expects `status`.
 async fn expect(request: reqwest::RequestBuilder, status: u16) -> Result<(), String> {
     let response = request.send().await.map_err(|e| e.to_string())?;
@@ -212,24 +225,8 @@ async fn run(args: &Args, dir: &std::path::Path) -> Result<Report, String> {
     let phase = Duration::from_secs(args.seconds);
 
     println!("proxy overhead (fixed upstream, same load direct and through the proxy)");
-    let free_key = client
-        .issue(
-            &KeySpec::new(FREE)
-                .cap_usd(1)
-                .endpoints(["/v1/items"])
-                .ttl(Duration::from_secs(3600)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let metered_key = client
-        .issue(
-            &KeySpec::new(METERED)
-                .cap_usd(1_000_000)
-                .endpoints(["/v1/items"])
-                .ttl(Duration::from_secs(3600)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let free_key = item_key(&client, FREE, 1).await?;
+    let metered_key = item_key(&client, METERED, 1_000_000).await?;
     let direct_url = format!("http://{upstream}/v1/items");
     let mut metered_p99 = None;
     if args.runs(Part::Proxy) {
@@ -289,15 +286,7 @@ async fn durability(
     println!("\ndurability: the metered path with --sync full");
     let full = start_server(upstream, &dir.join("full"), SyncMode::Full);
     let full_client = Client::new(full.url.clone(), ADMIN).map_err(|e| e.to_string())?;
-    let full_key = full_client
-        .issue(
-            &KeySpec::new(METERED)
-                .cap_usd(1_000_000)
-                .endpoints(["/v1/items"])
-                .ttl(Duration::from_secs(3600)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let full_key = item_key(&full_client, METERED, 1_000_000).await?;
     let http = http();
     let url = format!("{}/{METERED}/v1/items", full.url);
     let token = full_key.token().expose_secret().to_owned();

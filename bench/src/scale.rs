@@ -11,12 +11,12 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
-use vault_key::{Client, KeySpec};
+use vault_key::Client;
 use vault_key_server::SyncMode;
 
 use crate::load::open_loop;
 use crate::stack::{start_server, ADMIN, FREE, METERED};
-use crate::{expect, http, Args, Report};
+use crate::{expect, http, item_key, Args, Report};
 
 /// The database's logical size in bytes (committed pages, whether in the file or the WAL).
 async fn database_bytes(db: &mut SqliteConnection) -> Result<i64, String> {
@@ -90,15 +90,7 @@ pub async fn scale(
             (FREE, reqwest::Method::GET),
             (METERED, reqwest::Method::POST),
         ] {
-            let key = client
-                .issue(
-                    &KeySpec::new(vendor)
-                        .cap_usd(1_000_000)
-                        .endpoints(["/v1/items"])
-                        .ttl(Duration::from_secs(3600)),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let key = item_key(&client, vendor, 1_000_000).await?;
             let http = http();
             let url = format!("{}/{vendor}/v1/items", server.url);
             let token = key.token().expose_secret().to_owned();
