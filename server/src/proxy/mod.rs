@@ -26,9 +26,9 @@ use time::OffsetDateTime;
 use vault_key_wire::Usd;
 
 use crate::app::App;
-use crate::meter::{Estimate, ForwardRequest};
+use crate::meter::{Estimate, ForwardRequest, Settlement};
 use crate::policy;
-use crate::store::{utc_day, DeniedCall, NewCall, OpenedCall};
+use crate::store::{utc_day, DeniedCall, NewCall, OpenedCall, StoreError};
 use crate::token::{self, TokenHash};
 use crate::vendor::ErrorEnvelope;
 
@@ -189,7 +189,29 @@ async fn reserve(
         // settling it.
         in_flight_until: now + app.upstream_timeout + std::time::Duration::from_secs(30),
     };
-    match app.store.open_call(&call).await? {
+    // The reservation runs to its end in a task of its own: a client that hangs up while it
+    // commits must not leave it held for a call that was never forwarded, so a reservation
+    // nobody is left to forward is released.
+    let store = Arc::clone(&app.store);
+    let (reply, opened) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = store.open_call(&call).await;
+        if let Err(Ok(OpenedCall::Opened { call_id, .. })) = reply.send(result) {
+            let unsent = Settlement {
+                cost: Usd::ZERO,
+                created: None,
+            };
+            if let Err(error) = store.settle_call(call_id, &unsent, None).await {
+                tracing::warn!(%error, call_id, "could not release the reservation of a call never forwarded");
+            }
+        }
+    });
+    let opened = opened.await.map_err(|_| {
+        Refusal::from(StoreError::Write(
+            "the reservation did not finish".to_owned(),
+        ))
+    })??;
+    match opened {
         OpenedCall::Opened { call_id, reserved } => Ok(forward::Reservation { call_id, reserved }),
         OpenedCall::CapExhausted(spend) => Err(Refusal::CapExhausted {
             cap: key.daily_cap,

@@ -10,7 +10,9 @@
 //! - on another UTC day, or once it has expired.
 //!
 //! A lookup that read the store while a revocation was under way does not keep what it read: a
-//! generation counter, bumped under the same lock that forgets revoked keys, tells it.
+//! generation counter, bumped under the same lock that forgets revoked keys, tells it. A change
+//! and its forgetting run in a task of their own, so that a caller who stops waiting (a client
+//! that hangs up) cannot leave the change made and the key remembered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -25,13 +27,14 @@ use super::{
 use crate::meter::Settlement;
 use crate::token::TokenHash;
 
-/// The most keys held; past it, expired ones are dropped, and if that is not enough, all.
+/// The most keys held; past it, expired ones are dropped, and if that is not enough, no more
+/// are kept until some expire or are revoked.
 const MAX_CACHED_KEYS: usize = 100_000;
 
 /// A store with its keys cached for the proxy's lookups.
 pub struct CachedStore {
     inner: Arc<dyn Store>,
-    cache: RwLock<KeyCache>,
+    cache: Arc<RwLock<KeyCache>>,
 }
 
 impl std::fmt::Debug for CachedStore {
@@ -47,6 +50,8 @@ impl std::fmt::Debug for CachedStore {
 #[derive(Default)]
 struct KeyCache {
     by_hash: HashMap<[u8; 32], CachedKey>,
+    /// The hash each cached key id is held under.
+    by_id: HashMap<String, [u8; 32]>,
     /// Bumped by every change that forgets keys.
     generation: u64,
 }
@@ -57,37 +62,69 @@ struct CachedKey {
     spend: DaySpend,
 }
 
+impl KeyCache {
+    fn write(cache: &RwLock<KeyCache>) -> std::sync::RwLockWriteGuard<'_, KeyCache> {
+        cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets one key, and makes lookups under way not keep what they read.
+    fn forget_id(cache: &RwLock<KeyCache>, id: &str) {
+        let mut cache = KeyCache::write(cache);
+        cache.generation += 1;
+        if let Some(hash) = cache.by_id.remove(id) {
+            cache.by_hash.remove(&hash);
+        }
+    }
+
+    /// Forgets the keys whose label starts with `prefix`, likewise.
+    fn forget_label_prefix(cache: &RwLock<KeyCache>, prefix: &str) {
+        let mut cache = KeyCache::write(cache);
+        cache.generation += 1;
+        let KeyCache { by_hash, by_id, .. } = &mut *cache;
+        by_hash.retain(|_, cached| {
+            let keep = !cached.key.label.starts_with(prefix);
+            if !keep {
+                by_id.remove(&cached.key.id);
+            }
+            keep
+        });
+    }
+}
+
+/// Runs `change` to its end even if the caller stops waiting for it.
+async fn detached<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| StoreError::Write(format!("a store change did not finish: {e}")))?
+}
+
 impl CachedStore {
     /// Caches `inner`'s keys.
     pub fn new(inner: Arc<dyn Store>) -> CachedStore {
         CachedStore {
             inner,
-            cache: RwLock::new(KeyCache::default()),
+            cache: Arc::new(RwLock::new(KeyCache::default())),
         }
-    }
-
-    /// Forgets the keys `forget` picks, and makes lookups under way not keep what they read.
-    fn forget(&self, mut forget: impl FnMut(&KeyRecord) -> bool) {
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.generation += 1;
-        cache.by_hash.retain(|_, cached| !forget(&cached.key));
     }
 
     /// Keeps a key read at `generation`, unless something was forgotten since.
     fn keep(&self, generation: u64, key: &KeyRecord, day: Date, spend: DaySpend) {
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        let mut cache = KeyCache::write(&self.cache);
         if cache.generation != generation {
             return;
         }
         if cache.by_hash.len() >= MAX_CACHED_KEYS {
             let now = OffsetDateTime::now_utc();
-            cache
-                .by_hash
-                .retain(|_, cached| cached.key.expires_at > now);
+            let KeyCache { by_hash, by_id, .. } = &mut *cache;
+            by_hash.retain(|_, cached| cached.key.expires_at > now);
+            by_id.retain(|_, hash| by_hash.contains_key(hash));
             if cache.by_hash.len() >= MAX_CACHED_KEYS {
-                cache.by_hash.clear();
+                return; // full of live keys: the next lookups read the store
             }
         }
+        cache.by_id.insert(key.id.clone(), key.token_hash.0);
         cache.by_hash.insert(
             key.token_hash.0,
             CachedKey {
@@ -144,10 +181,18 @@ impl Store for CachedStore {
     }
 
     async fn revoke(&self, id: &str, at: OffsetDateTime) -> Result<Revoked, StoreError> {
-        // Forgotten whatever the store answers: a failed revocation may still have committed.
-        let revoked = self.inner.revoke(id, at).await;
-        self.forget(|key| key.id == id);
-        revoked
+        let (inner, cache, id) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.cache),
+            id.to_owned(),
+        );
+        detached(async move {
+            let revoked = inner.revoke(&id, at).await;
+            // Forgotten whatever the store answers: a failed revocation may still have committed.
+            KeyCache::forget_id(&cache, &id);
+            revoked
+        })
+        .await
     }
 
     async fn revoke_by_label_prefix(
@@ -155,9 +200,17 @@ impl Store for CachedStore {
         prefix: &str,
         at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let revoked = self.inner.revoke_by_label_prefix(prefix, at).await;
-        self.forget(|key| key.label.starts_with(prefix));
-        revoked
+        let (inner, cache, prefix) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.cache),
+            prefix.to_owned(),
+        );
+        detached(async move {
+            let revoked = inner.revoke_by_label_prefix(&prefix, at).await;
+            KeyCache::forget_label_prefix(&cache, &prefix);
+            revoked
+        })
+        .await
     }
 
     async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError> {
@@ -170,16 +223,23 @@ impl Store for CachedStore {
         settlement: &Settlement,
         upstream_status: Option<u16>,
     ) -> Result<Option<Settled>, StoreError> {
-        let settled = self
-            .inner
-            .settle_call(call_id, settlement, upstream_status)
-            .await?;
-        if let Some(settled) = &settled {
-            if settled.cost > settled.reserved {
-                self.forget(|key| key.id == settled.key_id);
+        let (inner, cache, settlement) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.cache),
+            settlement.clone(),
+        );
+        detached(async move {
+            let settled = inner
+                .settle_call(call_id, &settlement, upstream_status)
+                .await?;
+            if let Some(settled) = &settled {
+                if settled.cost > settled.reserved {
+                    KeyCache::forget_id(&cache, &settled.key_id);
+                }
             }
-        }
-        Ok(settled)
+            Ok(settled)
+        })
+        .await
     }
 
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {

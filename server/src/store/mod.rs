@@ -33,6 +33,13 @@ pub enum StoreError {
     /// A write was not made durable: its group was rolled back, or the writer has stopped.
     #[error("key store error: {0}")]
     Write(String),
+    /// Another server holds the SQLite database.
+    #[error(
+        "{} is in use by another vault-key server; a SQLite database serves one server at a \
+         time",
+        .0.display()
+    )]
+    InUse(std::path::PathBuf),
 }
 
 /// A key as stored (its token only as a hash).

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,8 +54,6 @@ pub struct SqliteStore {
     /// Checkpoints the WAL.
     checkpointer: SqlitePool,
     group: GroupCommit,
-    /// The directory of a database asked for in memory, removed with the last clone.
-    _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
 /// How often the WAL is copied back into the database file.
@@ -120,17 +118,47 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
-/// One write of a group: it runs inside the group's transaction, says whether it succeeded, and
-/// leaves what delivers its result once the transaction has ended.
-type Job = Box<dyn FnOnce(&rusqlite::Connection) -> (bool, Deliver) + Send>;
+/// One write of a group.
+struct Job {
+    /// Runs inside the group's transaction, says whether it succeeded, and leaves what delivers
+    /// its result once the transaction has ended.
+    run: RunWrite,
+    /// Answers the write without running it.
+    refuse: Box<dyn FnOnce(&str) + Send>,
+}
+
+impl Job {
+    /// Runs the write; a panic in it is its own failure, not the writer's.
+    fn run(self, conn: &rusqlite::Connection) -> (bool, Deliver) {
+        let refuse = self.refuse;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.run)(conn))) {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::error!("a write panicked; it is undone");
+                (
+                    false,
+                    Box::new(move |_| refuse("the write failed (it panicked)")),
+                )
+            }
+        }
+    }
+
+    fn refuse(self, why: &str) {
+        (self.refuse)(why);
+    }
+}
+
+/// A write's body: whether it succeeded, and its delivery.
+type RunWrite = Box<dyn FnOnce(&rusqlite::Connection) -> (bool, Deliver) + Send>;
 
 /// Delivers a write's result, given how its group's transaction ended.
 type Deliver = Box<dyn FnOnce(Result<(), &str>) + Send>;
 
 impl GroupCommit {
     /// Opens the writing connection to the database at `path` and starts its thread.
-    fn start(path: &Path, sync: SyncMode) -> Result<GroupCommit, StoreError> {
+    fn start(path: &Path, sync: SyncMode, held: Held) -> Result<GroupCommit, StoreError> {
         let conn = rusqlite::Connection::open(path)?;
+        conn.set_prepared_statement_cache_capacity(32);
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(
@@ -147,7 +175,7 @@ impl GroupCommit {
         let (queue, jobs) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("vault-key-writer".to_owned())
-            .spawn(move || commit_groups(conn, jobs))
+            .spawn(move || commit_groups(conn, jobs, held))
             .map_err(|e| StoreError::Write(format!("cannot start the writer thread: {e}")))?;
         Ok(GroupCommit { queue })
     }
@@ -161,20 +189,37 @@ impl GroupCommit {
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, result) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = write(conn);
-            let ok = result.is_ok();
-            let deliver: Deliver = Box::new(move |group| {
-                let _ = reply.send(match (result, group) {
-                    (Ok(value), Ok(())) => Ok(value),
-                    (Err(own), _) => Err(own),
-                    (Ok(_), Err(why)) => Err(StoreError::Write(format!(
-                        "the write was rolled back: {why}"
-                    ))),
+        // Answered once: by the write after its group ends, or without running it.
+        let reply = Arc::new(Mutex::new(Some(reply)));
+        let answer = |reply: &Mutex<Option<oneshot::Sender<Result<T, StoreError>>>>,
+                      value: Result<T, StoreError>| {
+            if let Some(reply) = reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = reply.send(value);
+            }
+        };
+        let refused = Arc::clone(&reply);
+        let job = Job {
+            run: Box::new(move |conn| {
+                let result = write(conn);
+                let ok = result.is_ok();
+                let deliver: Deliver = Box::new(move |group| {
+                    answer(
+                        &reply,
+                        match (result, group) {
+                            (Ok(value), Ok(())) => Ok(value),
+                            (Err(own), _) => Err(own),
+                            (Ok(_), Err(why)) => Err(StoreError::Write(format!(
+                                "the write was rolled back: {why}"
+                            ))),
+                        },
+                    );
                 });
-            });
-            (ok, deliver)
-        });
+                (ok, deliver)
+            }),
+            refuse: Box::new(move |why| {
+                answer(&refused, Err(StoreError::Write(why.to_owned())));
+            }),
+        };
         let gone = || StoreError::Write("the store's writer has stopped".to_owned());
         self.queue.send(job).map_err(|_| gone())?;
         // A group that could not even begin drops its writes, and their reply senders with them.
@@ -182,9 +227,14 @@ impl GroupCommit {
     }
 }
 
-/// The writer thread: takes every write waiting (at most [`MAX_GROUP`]), runs them in one
-/// transaction, commits, and only then answers each. Ends when the store is dropped.
-fn commit_groups(mut conn: rusqlite::Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
+/// The writer thread: takes every write waiting (at most [`MAX_GROUP`]), runs each in a
+/// savepoint of one transaction (a write that fails, or panics, undoes only itself), commits, and
+/// only then answers each. Ends when the store is dropped, and only then lets `held` go.
+fn commit_groups(
+    mut conn: rusqlite::Connection,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    held: Held,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = jobs.blocking_recv() {
@@ -199,28 +249,80 @@ fn commit_groups(mut conn: rusqlite::Connection, mut jobs: mpsc::UnboundedReceiv
             Ok(tx) => tx,
             Err(error) => {
                 tracing::error!(%error, writes = group.len(), "a group of writes could not begin");
-                group.clear();
+                let why = format!("the writer could not begin a transaction: {error}");
+                for job in group.drain(..) {
+                    job.refuse(&why);
+                }
                 continue;
             }
         };
-        let mut failed = false;
+        let mut lost: Option<String> = None;
         for job in group.drain(..) {
-            let (ok, deliver) = job(&tx);
-            failed |= !ok;
+            if let Some(why) = &lost {
+                job.refuse(why);
+                continue;
+            }
+            if let Err(error) = tx.execute_batch("SAVEPOINT write") {
+                let why = format!("the writer could not open a savepoint: {error}");
+                job.refuse(&why);
+                lost = Some(why);
+                continue;
+            }
+            let (ok, deliver) = job.run(&tx);
+            let undone = if ok {
+                tx.execute_batch("RELEASE write")
+            } else {
+                tx.execute_batch("ROLLBACK TO write; RELEASE write")
+            };
             deliveries.push(deliver);
+            // A full disk or an I/O error makes SQLite roll back the whole transaction itself:
+            // the writes before are gone too, and none after may run outside a transaction.
+            if undone.is_err() || tx.is_autocommit() {
+                lost = Some("the group's transaction was rolled back by SQLite".to_owned());
+            }
         }
-        let outcome = if failed {
-            let _ = tx.rollback();
-            Err("another write of its group failed".to_owned())
-        } else {
-            tx.commit().map_err(|error| {
+        let outcome = match lost {
+            Some(why) => {
+                let _ = tx.rollback();
+                tracing::error!(reason = %why, writes = deliveries.len(), "a group of writes was lost");
+                Err(why)
+            }
+            None => tx.commit().map_err(|error| {
                 tracing::error!(%error, writes = deliveries.len(), "a group of writes could not commit");
                 error.to_string()
-            })
+            }),
         };
         for deliver in deliveries.drain(..) {
             deliver(outcome.as_ref().map(|_| ()).map_err(String::as_str));
         }
+    }
+    drop(conn);
+    drop(held);
+}
+
+/// What the writer holds until its connection is closed: a scratch database's directory, and a
+/// file database's lock.
+type Held = (Option<Arc<tempfile::TempDir>>, Option<std::fs::File>);
+
+/// Takes the lock that makes the server at `path` the only one: its keys are held in memory and
+/// forgotten on the revocations it makes, which another server on the same file would not see.
+fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Write(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(path.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Write(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
     }
 }
 
@@ -232,15 +334,17 @@ impl SqliteStore {
         // store: the writer thread and the reading pool are separate connections, and share a
         // file as they could not share a memory.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let (options, scratch) = if in_memory {
+        let (options, scratch, lock) = if in_memory {
             let scratch = tempfile::Builder::new()
                 .prefix("vault-key-")
                 .tempdir()
                 .map_err(|e| StoreError::Write(format!("cannot make a scratch database: {e}")))?;
             let options = SqliteConnectOptions::new().filename(scratch.path().join("vault-key.db"));
-            (options, Some(Arc::new(scratch)))
+            (options, Some(Arc::new(scratch)), None)
         } else {
-            (SqliteConnectOptions::from_str(url)?, None)
+            let options = SqliteConnectOptions::from_str(url)?;
+            let lock = lock_database(options.get_filename())?;
+            (options, None, Some(lock))
         };
         let options = options
             .create_if_missing(true)
@@ -261,7 +365,8 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Database(e.into()))?;
         tokio::spawn(checkpoint_wal(checkpointer.clone()));
-        let group = GroupCommit::start(options.get_filename(), sync)?;
+        // The writer thread keeps a scratch database's directory until it has closed the file.
+        let group = GroupCommit::start(options.get_filename(), sync, (scratch, lock))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -270,7 +375,6 @@ impl SqliteStore {
             reader,
             checkpointer,
             group,
-            _scratch: scratch,
         })
     }
 
@@ -284,9 +388,12 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// Closes the reading connections, waiting for queries in progress, and makes a last
-    /// checkpoint. The writer thread ends with the last clone of the store.
+    /// Waits for the writes queued so far, closes the reading connections (waiting for queries
+    /// in progress) and makes a last checkpoint. The writer thread ends with the last clone of
+    /// the store.
     pub async fn close(&self) {
+        // Every write queued so far (audit rows sent off the response path) commits first.
+        let _ = self.group.write(|_| Ok(())).await;
         self.reader.close().await;
         let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&self.checkpointer)
@@ -615,7 +722,8 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        // The writer too: a store that can read but not write cannot serve a metered call.
+        self.group.write(|_| Ok(())).await
     }
 
     async fn key_counts(&self, now: OffsetDateTime) -> Result<KeyCounts, StoreError> {
@@ -812,4 +920,74 @@ fn settle_call(
         reserved: usd(reserved),
         cost,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes that fail, or panic, in a group undo themselves only; the writer goes on.
+    #[tokio::test]
+    async fn a_failing_write_undoes_only_itself() {
+        let store = SqliteStore::open("sqlite::memory:", SyncMode::Normal)
+            .await
+            .unwrap();
+        let writes = (0..30).map(|i| {
+            let group = store.group.clone();
+            async move {
+                group
+                    .write(move |conn| {
+                        conn.execute(
+                            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
+                             allowed_endpoints, created_ms, expires_ms) \
+                             VALUES (?, randomblob(32), 'l', 'v', 1, '[]', 0, 1)",
+                            [format!("key_{i}")],
+                        )?;
+                        match i % 3 {
+                            0 => Ok(()),
+                            // Written, then failed: the row must not stay.
+                            1 => Err(StoreError::Sqlite(
+                                conn.execute("INSERT INTO no_such_table VALUES (1)", [])
+                                    .unwrap_err(),
+                            )),
+                            _ => panic!("a write that panics"),
+                        }
+                    })
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(writes).await;
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_ok(), i % 3 == 0, "write {i}: {result:?}");
+        }
+        let kept: Vec<String> = sqlx::query_scalar("SELECT id FROM keys ORDER BY seq")
+            .fetch_all(&store.reader)
+            .await
+            .unwrap();
+        let expected: Vec<String> = (0..30).step_by(3).map(|i| format!("key_{i}")).collect();
+        assert_eq!(kept, expected);
+        store.ping().await.expect("the writer is still there");
+    }
+
+    #[tokio::test]
+    async fn a_database_file_serves_one_server_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("vault.db").display());
+        let first = SqliteStore::open(&url, SyncMode::Normal).await.unwrap();
+        let second = SqliteStore::open(&url, SyncMode::Normal).await;
+        assert!(
+            matches!(&second, Err(StoreError::InUse(path)) if path.ends_with("vault.db")),
+            "{second:?}"
+        );
+        first.close().await;
+        drop(first);
+        // The lock goes with the writer, once the last handle on the store is gone.
+        for _ in 0..100 {
+            if SqliteStore::open(&url, SyncMode::Normal).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the database stayed locked after its store was dropped");
+    }
 }
