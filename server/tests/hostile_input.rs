@@ -817,3 +817,114 @@ async fn conflicting_framing_never_smuggles_a_request_upstream() {
         "no smuggled charge"
     );
 }
+
+/// A key the proxy holds in memory is refused as soon as its revocation answers, by id or by
+/// label prefix, on a call with no body (the one that reads no database on its way).
+#[tokio::test]
+async fn a_key_held_in_memory_is_refused_once_revoked() {
+    let server = start().await;
+    let spec = |label: &str| {
+        json!({
+            "label": label, "vendor": "stripe", "daily_usd_cap": 5, "expires_in": "5m",
+            "allowed_endpoints": ["/v1/customers"],
+        })
+    };
+    let by_id = issue(&server, spec("held/one")).await;
+    let by_prefix = issue(&server, spec("held-run/two")).await;
+    let get = |key: &serde_json::Value| {
+        let auth = format!("authorization: Bearer {}", token(key));
+        let addr = server.addr();
+        async move {
+            raw(
+                addr,
+                &raw_request("GET", "/stripe/v1/customers", &[&auth], ""),
+            )
+            .await
+        }
+    };
+    for key in [&by_id, &by_prefix] {
+        assert_eq!(get(key).await.status, 200, "the key is now held in memory");
+    }
+    let forwarded = server.sandbox().unwrap().received_count();
+    assert_eq!(revoke(&server, &by_id).await, 204);
+    let (status, revoked) = admin(
+        &server.url(),
+        reqwest::Method::POST,
+        "/v1/keys/revoke",
+        Some(json!({"label_prefix": "held-run/"})),
+    )
+    .await;
+    assert_eq!((status, revoked), (200, json!({"revoked": 1})));
+    for key in [&by_id, &by_prefix] {
+        let refused = get(key).await;
+        assert_eq!(
+            (refused.status, &refused.body["code"]),
+            (401, &json!("key_revoked")),
+            "{}",
+            refused.body
+        );
+    }
+    assert_eq!(server.sandbox().unwrap().received_count(), forwarded);
+}
+
+/// Content nested in a tool result (Anthropic) or a function call's output (OpenAI Responses)
+/// is held to the same keys as a message's parts: a reference to a stored file is not text the
+/// request shows.
+#[tokio::test]
+async fn model_content_nested_in_tool_results_is_held_to_the_metered_keys() {
+    let server = start().await;
+    let key = |vendor: &str| {
+        json!({
+            "label": "nested", "vendor": vendor, "daily_usd_cap": 5, "expires_in": "5m",
+            "allowed_endpoints": ["/v1/**"],
+        })
+    };
+    let openai = issue(&server, key("openai")).await;
+    let anthropic = issue(&server, key("anthropic")).await;
+    let stored_file = json!([{"type": "input_text", "text": "see", "file_id": "file_1"}]);
+    let responses = json!({
+        "model": "gpt-4o-mini", "max_output_tokens": 8,
+        "input": [
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": stored_file},
+        ],
+    });
+    let messages = json!({
+        "model": "claude-3-5-haiku", "max_tokens": 8,
+        "messages": [
+            {"role": "user", "content": "use the tool"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                "content": [{"type": "text", "text": "see", "file_id": "file_1"}]}]},
+        ],
+    });
+    for (key, path, body, auth, version) in [
+        (
+            &openai,
+            "/openai/v1/responses",
+            responses,
+            "authorization: Bearer",
+            None,
+        ),
+        (
+            &anthropic,
+            "/anthropic/v1/messages",
+            messages,
+            "x-api-key:",
+            Some("anthropic-version: 2023-06-01"),
+        ),
+    ] {
+        let auth = format!("{auth} {}", token(key));
+        let body = body.to_string();
+        let mut headers = vec![auth.as_str(), "content-type: application/json"];
+        headers.extend(version);
+        let response = raw(server.addr(), &raw_request("POST", path, &headers, &body)).await;
+        assert_eq!(
+            (response.status, &response.body["code"]),
+            (400, &json!("unmeterable_request")),
+            "{path}: {}",
+            response.body
+        );
+    }
+    assert_eq!(server.sandbox().unwrap().received_count(), 0);
+}

@@ -510,13 +510,16 @@ pub(super) fn items_inline(items: Option<&Value>, keys: &ItemKeys) -> Result<(),
                  reference to a stored item",
             );
         }
+        // A function call's output (Responses) may be content parts too.
         parts_inline(item.get("content"), keys.part)?;
+        parts_inline(item.get("output"), keys.part)?;
     }
     Ok(())
 }
 
 /// Content parts (a message's `content`, Anthropic's `system`), where given as a list: each one
-/// an object that says its `type`, with only the keys in `keys`.
+/// an object that says its `type`, with only the keys in `keys`, and so are the parts nested in
+/// it (a tool result's `content`).
 pub(super) fn parts_inline(parts: Option<&Value>, keys: &[&str]) -> Result<(), Unmeterable> {
     let Some(Value::Array(parts)) = parts else {
         return Ok(()); // a string, or absent
@@ -525,6 +528,7 @@ pub(super) fn parts_inline(parts: Option<&Value>, keys: &[&str]) -> Result<(), U
         match part {
             Value::Object(part) if part.get("type").is_some_and(Value::is_string) => {
                 known_keys(part, keys, "a content part")?;
+                parts_inline(part.get("content"), keys)?;
             }
             _ => {
                 return Err(Unmeterable::Refused(
