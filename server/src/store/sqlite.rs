@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 use time::{Date, OffsetDateTime};
@@ -42,6 +41,19 @@ pub enum SyncMode {
     /// Also survives power loss, at the price of one fsync per commit (`synchronous = FULL`).
     Full,
 }
+
+impl SyncMode {
+    /// The value of SQLite's `synchronous` pragma, for every connection that writes.
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Full => "FULL",
+        }
+    }
+}
+
+/// How long a connection waits for another's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an idempotency key protects against a second reservation. Stripe keeps
 /// idempotency keys for at least 24 hours; after that a replay may act again, so it pays again.
@@ -159,16 +171,9 @@ impl GroupCommit {
     fn start(path: &Path, sync: SyncMode, held: Held) -> Result<GroupCommit, StoreError> {
         let conn = rusqlite::Connection::open(path)?;
         conn.set_prepared_statement_cache_capacity(32);
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match sync {
-                SyncMode::Normal => "NORMAL",
-                SyncMode::Full => "FULL",
-            },
-        )?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
         // The writer never checkpoints the WAL itself (a checkpoint, with its fsync, would stall
         // every write queued behind it); a connection of its own does, beside it.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -349,12 +354,9 @@ impl SqliteStore {
         let options = options
             .create_if_missing(true)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match sync {
-                SyncMode::Normal => SqliteSynchronous::Normal,
-                SyncMode::Full => SqliteSynchronous::Full,
-            });
+            .pragma("synchronous", sync.pragma());
         // Its statements, five a second, are not worth a debug log line each.
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -364,13 +366,14 @@ impl SqliteStore {
             .run(&checkpointer)
             .await
             .map_err(|e| StoreError::Database(e.into()))?;
-        tokio::spawn(checkpoint_wal(checkpointer.clone()));
         // The writer thread keeps a scratch database's directory until it has closed the file.
         let group = GroupCommit::start(options.get_filename(), sync, (scratch, lock))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
+        // Started last, so that a store that failed to open leaves no task behind.
+        tokio::spawn(checkpoint_wal(checkpointer.clone()));
         Ok(SqliteStore {
             reader,
             checkpointer,
