@@ -20,7 +20,7 @@ use vault_key_wire::{
 use crate::app::App;
 use crate::config::standard_method;
 use crate::error::ApiError;
-use crate::store::{utc_day, DaySpend, KeyQuery, KeyRecord, Revoked};
+use crate::store::{utc_day, DaySpend, KeyQuery, KeyRecord, Revoked, Store};
 use crate::token;
 
 /// Longest label, in bytes.
@@ -507,7 +507,16 @@ async fn info(State(app): State<Arc<App>>) -> Json<ServerInfo> {
 
 async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     app.store.ping().await?;
-    Ok(Json(serde_json::json!({ "status": "ok" })))
+    // On a shared database: whether this server hears other servers' revocations right now
+    // (while it does not, it reads every key from the database).
+    let key_cache = if app.store.is_trusted() {
+        "in_use"
+    } else {
+        "bypassed"
+    };
+    Ok(Json(
+        serde_json::json!({ "status": "ok", "key_cache": key_cache }),
+    ))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
@@ -517,7 +526,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
             http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.metrics.render(counts),
+        app.metrics.render(counts, app.store.is_trusted()),
     )
         .into_response())
 }

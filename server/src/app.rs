@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::CachedStore;
 use crate::token::TokenHash;
 use crate::vendor::Vendor;
 
@@ -23,8 +23,8 @@ pub struct LiveVendor {
 
 /// Shared state.
 pub struct App {
-    /// Keys, spend and calls.
-    pub store: Arc<dyn Store>,
+    /// Keys, spend and calls, with the keys cached.
+    pub store: Arc<CachedStore>,
     /// Vendors by name (shared with the calls in flight to each).
     pub vendors: BTreeMap<String, Arc<LiveVendor>>,
     /// Hash of the admin token, compared in constant time.

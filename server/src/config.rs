@@ -33,7 +33,7 @@ use vault_key_wire::{parse_duration, Usd};
 
 use crate::meter::llm::ModelPrice;
 use crate::meter::{AnthropicMeter, Meter, OpenAiMeter, PriceTable, StripeMeter};
-use crate::store::SyncMode;
+use crate::store::{PoolSettings, SyncMode};
 use crate::vendor::{
     rest_methods, ErrorEnvelope, FreeRoute, Upstream, Vendor, VendorAuth, RESERVED_NAMES,
     SANDBOX_SECRET,
@@ -44,10 +44,15 @@ use crate::vendor::{
 pub struct ServerConfig {
     /// Where to listen; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// `sqlite://path`, `sqlite::memory:`.
+    /// `sqlite://path`, `sqlite::memory:`, or `postgres://…` (several servers may share one).
     pub database_url: String,
-    /// Commit durability.
+    /// Commit durability (SQLite; PostgreSQL's is its own `synchronous_commit`).
     pub sync: SyncMode,
+    /// Connections to PostgreSQL.
+    pub pool: PoolSettings,
+    /// Whether the server brings PostgreSQL's schema up to date as it starts (otherwise an
+    /// operator runs `vault-key-server migrate`).
+    pub migrate_on_start: bool,
     /// Bearer token of the admin routes.
     pub admin_token: SecretString,
     /// The vendors the proxy serves.
@@ -162,6 +167,8 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: "sqlite::memory:".to_owned(),
             sync: SyncMode::Normal,
+            pool: PoolSettings::default(),
+            migrate_on_start: true,
             admin_token,
             vendors: Vec::new(),
             max_key_ttl: Duration::from_secs(24 * 3600),

@@ -44,10 +44,10 @@ use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, ConfigFile, ServerConfig};
 pub use sandbox::{ReceivedRequest, Sandbox};
-pub use store::SyncMode;
+pub use store::{PoolSettings, SyncMode};
 
 use app::{App, LiveVendor};
-use store::{CachedStore, SqliteStore};
+use store::Database;
 use vendor::Upstream;
 
 /// Why the server could not start.
@@ -72,7 +72,7 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     sandbox: Option<Sandbox>,
-    store: SqliteStore,
+    store: Database,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -84,7 +84,13 @@ impl Server {
         if config.admin_token.expose_secret().chars().count() < 16 {
             return Err(ConfigError::AdminToken.into());
         }
-        let store = SqliteStore::open(&config.database_url, config.sync).await?;
+        let mut store = Database::open(
+            &config.database_url,
+            config.sync,
+            config.pool,
+            config.migrate_on_start,
+        )
+        .await?;
         let needs_sandbox = config
             .vendors
             .iter()
@@ -117,7 +123,7 @@ impl Server {
             .connect_timeout(config.connect_timeout)
             .build()?;
         let app = Arc::new(App {
-            store: Arc::new(CachedStore::new(Arc::new(store.clone()))),
+            store: store.serve(),
             vendors,
             admin_token: app::admin_token_hash(&config.admin_token),
             metrics: metrics::Metrics::default(),

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
-use vault_key_server::{ConfigFile, Sandbox, Server, ServerConfig, SyncMode};
+use vault_key_server::store::{is_postgres_url, PostgresStore};
+use vault_key_server::{ConfigFile, PoolSettings, Sandbox, Server, ServerConfig, SyncMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,9 +29,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: SocketAddr,
-        /// `sqlite://vault.db` (a file, created if missing) or `sqlite::memory:`.
+        /// `sqlite://vault.db` (a file, created if missing), `sqlite::memory:`, or
+        /// `postgres://user@host/db` (shared by every server behind one load balancer).
         #[arg(long, default_value = "sqlite://vault.db")]
         db: String,
+        /// PostgreSQL: connections this server opens at most.
+        #[arg(long, default_value_t = PoolSettings::default().max_connections)]
+        db_max_connections: u32,
+        /// PostgreSQL: do not migrate the schema on start (run `vault-key-server migrate`).
+        #[arg(long)]
+        no_migrate: bool,
         /// Answer vendor calls with the built-in stand-ins (no network, no real secrets).
         #[arg(long)]
         sandbox: bool,
@@ -40,6 +48,13 @@ enum Command {
         /// `full` also survives power loss, with one fsync per metered call.
         #[arg(long, value_enum, default_value_t = SyncMode::Normal)]
         sync: SyncMode,
+    },
+    /// Bring a PostgreSQL database's schema up to date, then exit (for operators who migrate
+    /// before rolling out servers started with --no-migrate).
+    Migrate {
+        /// `postgres://user@host/db`.
+        #[arg(long)]
+        db: String,
     },
     /// Run only the sandbox vendors, as a stand-alone upstream (for tests and demos).
     Sandbox {
@@ -74,12 +89,16 @@ async fn run(cli: Cli) -> Result<(), String> {
             sandbox,
             config,
             sync,
+            db_max_connections,
+            no_migrate,
         } => {
             let admin_token = std::env::var("VAULT_KEY_ADMIN_TOKEN").unwrap_or_default();
             let mut server_config = ServerConfig::new(SecretString::from(admin_token));
             server_config.listen = listen;
             server_config.database_url = db;
             server_config.sync = sync;
+            server_config.pool.max_connections = db_max_connections;
+            server_config.migrate_on_start = !no_migrate;
             let file = match &config {
                 Some(path) => {
                     let shown = path.display().to_string();
@@ -101,6 +120,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             // On stdout, one line, for scripts and supervisors that start the server on port 0.
             println!("vault-key-server listening on {}", server.url());
             server.run_until_signalled().await;
+            Ok(())
+        }
+        Command::Migrate { db } => {
+            if !is_postgres_url(&db) {
+                return Err(format!(
+                    "migrate takes a postgres:// URL (a SQLite database is migrated by the \
+                     server that opens it), not {db:?}"
+                ));
+            }
+            let store = PostgresStore::connect(&db, PoolSettings::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(|e| e.to_string())?;
+            store.close().await;
+            println!("vault-key-server: the schema is up to date");
             Ok(())
         }
         Command::Sandbox { listen } => {

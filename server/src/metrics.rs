@@ -33,6 +33,7 @@ pub struct Metrics {
     keys_issued: Counter,
     keys_revoked: Counter,
     keys_by_status: Family<StatusLabel, Gauge>,
+    key_cache_in_use: Gauge,
     denials: Family<CodeLabel, Counter>,
     spend_micros: Family<VendorLabel, Counter>,
     proxy_latency: Family<VendorLabel, Histogram>,
@@ -54,6 +55,13 @@ impl Default for Metrics {
             "keys",
             "Keys in the store by status, as of the scrape",
             keys_by_status.clone(),
+        );
+        let key_cache_in_use = Gauge::default();
+        registry.register(
+            "key_cache_in_use",
+            "1 while keys are served from memory; 0 while every lookup reads the database \
+             (a shared database whose changes this server does not hear right now)",
+            key_cache_in_use.clone(),
         );
         let denials = Family::<CodeLabel, Counter>::default();
         registry.register(
@@ -80,6 +88,7 @@ impl Default for Metrics {
             keys_issued,
             keys_revoked,
             keys_by_status,
+            key_cache_in_use,
             denials,
             spend_micros,
             proxy_latency,
@@ -125,8 +134,10 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, with key counts read from the store just now.
-    pub fn render(&self, counts: KeyCounts) -> String {
+    /// The text exposition, with key counts read from the store just now and the key cache's
+    /// state.
+    pub fn render(&self, counts: KeyCounts, key_cache_in_use: bool) -> String {
+        self.key_cache_in_use.set(i64::from(key_cache_in_use));
         for (status, count) in [
             ("active", counts.active),
             ("revoked", counts.revoked),

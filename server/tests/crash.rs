@@ -1,9 +1,11 @@
-//! Durability: a server on a SQLite file, killed with SIGKILL while charges are in flight and
-//! started again, has lost no spend and resurrected no revoked key.
+//! Durability: a server on a SQLite file, or one of the servers on a PostgreSQL database, killed
+//! with SIGKILL while charges are in flight and started again, has lost no spend and resurrected
+//! no revoked key.
 //!
 //! The vendor runs as a separate process (`vault-key-server sandbox`), so it outlives the killed
 //! proxy and can tell afterwards how many charges it really executed.
 
+#[macro_use]
 mod common;
 
 use std::process::Stdio;
@@ -16,11 +18,10 @@ fn micros(value: &Value) -> u64 {
     (value.as_f64().unwrap() * 1e6).round() as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key() {
-    let dir = std::env::temp_dir().join(format!("vault-key-crash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = format!("sqlite://{}", dir.join("vault.db").display());
+async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let db = db.url();
     let vendor = spawn_binary(&["sandbox", "--listen", "127.0.0.1:0"], Stdio::null(), &[]).await;
     let config = dir.join("vault-key.toml");
     std::fs::write(
@@ -37,7 +38,7 @@ async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key() {
         "--listen",
         "127.0.0.1:0",
         "--db",
-        &db,
+        db,
         "--config",
         &config,
     ];
@@ -166,5 +167,9 @@ async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key() {
     );
     drop(server);
     drop(vendor);
-    let _ = std::fs::remove_dir_all(&dir);
 }
+
+on_both_stores!(
+    tokio::test(flavor = "multi_thread", worker_threads = 4);
+    sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key,
+);

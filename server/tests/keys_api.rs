@@ -1,5 +1,6 @@
 //! The admin API: issuing with validation, reading, listing, revoking one key or many.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -21,9 +22,8 @@ fn without(field: &str) -> Value {
     body
 }
 
-#[tokio::test]
-async fn issue_returns_the_key_once_with_its_token() {
-    let server = start().await;
+async fn issue_returns_the_key_once_with_its_token(db: &TestDb) {
+    let server = start_on(db).await;
     let key = issue(&server, with("allowed_methods", json!(["POST"]))).await;
     assert!(key["id"].as_str().unwrap().starts_with("key_"));
     let token = token(&key);
@@ -52,9 +52,8 @@ async fn issue_returns_the_key_once_with_its_token() {
     assert!(!view.to_string().contains(token));
 }
 
-#[tokio::test]
-async fn invalid_requests_name_their_field() {
-    let server = start().await;
+async fn invalid_requests_name_their_field(db: &TestDb) {
+    let server = start_on(db).await;
     let cases = [
         (without("label"), "label"),
         (with("label", json!("")), "label"),
@@ -114,9 +113,8 @@ async fn invalid_requests_name_their_field() {
     );
 }
 
-#[tokio::test]
-async fn admin_routes_need_the_admin_token() {
-    let server = start().await;
+async fn admin_routes_need_the_admin_token(db: &TestDb) {
+    let server = start_on(db).await;
     let key = issue(&server, valid()).await;
     let client = http();
     for (method, path) in [
@@ -147,9 +145,8 @@ async fn admin_routes_need_the_admin_token() {
     assert_eq!(view(&server, &key).await["status"], "active");
 }
 
-#[tokio::test]
-async fn revoke_is_idempotent_and_unknown_ids_are_not_found() {
-    let server = start().await;
+async fn revoke_is_idempotent_and_unknown_ids_are_not_found(db: &TestDb) {
+    let server = start_on(db).await;
     let key = issue(&server, valid()).await;
     for _ in 0..2 {
         assert_eq!(revoke(&server, &key).await, 204);
@@ -168,9 +165,8 @@ async fn revoke_is_idempotent_and_unknown_ids_are_not_found() {
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
 
-#[tokio::test]
-async fn bulk_revoke_by_label_prefix_stops_one_run_and_no_other() {
-    let server = start().await;
+async fn bulk_revoke_by_label_prefix_stops_one_run_and_no_other(db: &TestDb) {
+    let server = start_on(db).await;
     let mut run_keys = Vec::new();
     for task in 0..3 {
         run_keys.push(stripe_key(&server, &format!("user-7/run-42/task-{task}"), 5.0).await);
@@ -204,9 +200,8 @@ async fn bulk_revoke_by_label_prefix_stops_one_run_and_no_other() {
     );
 }
 
-#[tokio::test]
-async fn list_filters_by_prefix_and_status_and_pages_with_a_cursor() {
-    let server = start().await;
+async fn list_filters_by_prefix_and_status_and_pages_with_a_cursor(db: &TestDb) {
+    let server = start_on(db).await;
     for i in 0..5 {
         stripe_key(&server, &format!("team-a/{i}"), 5.0).await;
     }
@@ -258,18 +253,10 @@ async fn list_filters_by_prefix_and_status_and_pages_with_a_cursor() {
     }
 }
 
-#[tokio::test]
-async fn healthz_and_metrics_answer() {
-    let server = start().await;
-    let health: Value = http()
-        .get(format!("{}/healthz", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health, json!({"status": "ok"}));
+async fn healthz_and_metrics_answer(db: &TestDb) {
+    let server = start_on(db).await;
+    let health = key_cache_in_use(&server.url()).await;
+    assert_eq!(health, json!({"status": "ok", "key_cache": "in_use"}));
     let key = stripe_key(&server, "metrics", 5.0).await;
     assert_eq!(revoke(&server, &key).await, 204);
     let text = metrics_text(&server).await;
@@ -279,8 +266,20 @@ async fn healthz_and_metrics_answer() {
         text.contains("vault_key_keys{status=\"revoked\"} 1"),
         "{text}"
     );
+    assert!(text.contains("vault_key_key_cache_in_use 1"), "{text}");
     assert!(
         text.contains("vault_key_keys{status=\"active\"} 0"),
         "{text}"
     );
 }
+
+on_both_stores!(
+    tokio::test(flavor = "multi_thread", worker_threads = 4);
+    issue_returns_the_key_once_with_its_token,
+    invalid_requests_name_their_field,
+    admin_routes_need_the_admin_token,
+    revoke_is_idempotent_and_unknown_ids_are_not_found,
+    bulk_revoke_by_label_prefix_stops_one_run_and_no_other,
+    list_filters_by_prefix_and_status_and_pages_with_a_cursor,
+    healthz_and_metrics_answer,
+);

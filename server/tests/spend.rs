@@ -1,6 +1,7 @@
 //! Spend: atomic reservations under concurrency, settlement from the vendor's answer, replays of
 //! idempotent requests, and the audit trail.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -8,9 +9,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hundred_concurrent_ten_dollar_charges_against_five_hundred() {
-    let server = start().await;
+async fn a_hundred_concurrent_ten_dollar_charges_against_five_hundred(db: &TestDb) {
+    let server = start_on(db).await;
     let key = stripe_key(&server, "concurrent", 500.0).await;
     let charges = (0..100).map(|_| {
         let url = server.url();
@@ -52,9 +52,8 @@ async fn a_hundred_concurrent_ten_dollar_charges_against_five_hundred() {
     assert_eq!(intents, 50, "the vendor saw exactly the charges that fit");
 }
 
-#[tokio::test]
-async fn a_declined_charge_settles_to_zero() {
-    let server = start().await;
+async fn a_declined_charge_settles_to_zero(db: &TestDb) {
+    let server = start_on(db).await;
     let key = stripe_key(&server, "declined", 50.0).await;
     let (status, body) = stripe_form(
         &server.url(),
@@ -74,9 +73,8 @@ async fn a_declined_charge_settles_to_zero() {
     assert_eq!(view["reserved_usd"], json!(0));
 }
 
-#[tokio::test]
-async fn a_replayed_idempotency_key_is_reserved_once() {
-    let server = start().await;
+async fn a_replayed_idempotency_key_is_reserved_once(db: &TestDb) {
+    let server = start_on(db).await;
     let key = stripe_key(&server, "idempotent", 15.0).await;
     let idem = [("idempotency-key", "order-77")];
     let first = stripe_form(
@@ -115,9 +113,8 @@ async fn a_replayed_idempotency_key_is_reserved_once() {
     assert_eq!(view["spent_today_usd"], json!(10), "{view}");
 }
 
-#[tokio::test]
-async fn a_failed_call_under_an_idempotency_key_does_not_make_its_retry_free() {
-    let server = start().await;
+async fn a_failed_call_under_an_idempotency_key_does_not_make_its_retry_free(db: &TestDb) {
+    let server = start_on(db).await;
     let key = stripe_key(&server, "retry", 50.0).await;
     let idem = [("idempotency-key", "order-9")];
     // Stripe refuses an unknown parameter before acting and saves no result for the key, so the
@@ -148,9 +145,8 @@ async fn a_failed_call_under_an_idempotency_key_does_not_make_its_retry_free() {
     assert_eq!(view["reserved_usd"], json!(0), "{view}");
 }
 
-#[tokio::test]
-async fn updates_and_confirmations_that_move_money_are_metered() {
-    let server = start().await;
+async fn updates_and_confirmations_that_move_money_are_metered(db: &TestDb) {
+    let server = start_on(db).await;
     let key = stripe_key(&server, "updates", 30.0).await;
     let t = token(&key);
     let created = stripe_form(
@@ -199,9 +195,8 @@ async fn updates_and_confirmations_that_move_money_are_metered() {
     assert_eq!(over.1["requested_usd"], json!(6));
 }
 
-#[tokio::test]
-async fn the_audit_trail_records_reservations_settlements_and_refusals() {
-    let server = start().await;
+async fn the_audit_trail_records_reservations_settlements_and_refusals(db: &TestDb) {
+    let server = start_on(db).await;
     let key = stripe_key(&server, "audit", 5.0).await;
     let id = key["id"].as_str().unwrap();
     assert_eq!(charge(&server, token(&key), 300).await.0, 200);
@@ -260,3 +255,13 @@ async fn the_audit_trail_records_reservations_settlements_and_refusals() {
         "{text}"
     );
 }
+
+on_both_stores!(
+    tokio::test(flavor = "multi_thread", worker_threads = 4);
+    a_hundred_concurrent_ten_dollar_charges_against_five_hundred,
+    a_declined_charge_settles_to_zero,
+    a_replayed_idempotency_key_is_reserved_once,
+    a_failed_call_under_an_idempotency_key_does_not_make_its_retry_free,
+    updates_and_confirmations_that_move_money_are_metered,
+    the_audit_trail_records_reservations_settlements_and_refusals,
+);

@@ -17,6 +17,7 @@ use super::{read, Refusal};
 use crate::app::{App, LiveVendor};
 use crate::meter::llm::UsageReader;
 use crate::meter::{Estimate, ForwardRequest, ModelCall, Settlement};
+use crate::store::Store;
 
 /// Largest vendor answer read whole to settle a call (a Stripe object is a few kilobytes).
 const MAX_SETTLED_BODY: usize = 1 << 20;

@@ -28,7 +28,7 @@ use vault_key_wire::Usd;
 use crate::app::App;
 use crate::meter::{Estimate, ForwardRequest, Settlement};
 use crate::policy;
-use crate::store::{utc_day, DeniedCall, NewCall, OpenedCall, StoreError};
+use crate::store::{utc_day, DeniedCall, NewCall, OpenedCall, Store, StoreError};
 use crate::token::{self, TokenHash};
 use crate::vendor::ErrorEnvelope;
 

@@ -1,13 +1,17 @@
 //! Keys held in memory in front of a store.
 //!
-//! The proxy looks its key up on every call; a key's record changes only when it is revoked
-//! (through this server, which holds the only writer of its store) and its spend matters to a
-//! free call only once the day's settled spend passed the cap. So a key read from the store is
-//! kept, with the spend of the day it was read on, while it is within its cap, and forgotten:
+//! The proxy looks its key up on every call; a key's record changes only when it is revoked and
+//! its spend matters to a free call only once the day's settled spend passed the cap. So a key
+//! read from the store is kept, with the spend of the day it was read on, while it is within its
+//! cap, and forgotten:
 //! - when it is revoked, before the revocation's answer leaves (a revoked key is refused at
 //!   once), by id or by label prefix;
 //! - when a call settles above what it reserved (the one way spend passes a cap);
-//! - on another UTC day, or once it has expired.
+//! - on another UTC day, or once it has expired;
+//! - when the store reports a change made elsewhere (another server on the same PostgreSQL),
+//!   through a [`KeyInvalidation`]. A store that reports changes starts the cache *distrusted*:
+//!   nothing is kept until it says it follows changes, and it distrusts the cache again (which
+//!   forgets everything) whenever it may have missed one.
 //!
 //! A lookup that read the store while a revocation was under way does not keep what it read: a
 //! generation counter, bumped under the same lock that forgets revoked keys, tells it. A change
@@ -47,13 +51,14 @@ impl std::fmt::Debug for CachedStore {
     }
 }
 
-#[derive(Default)]
 struct KeyCache {
     by_hash: HashMap<[u8; 32], CachedKey>,
     /// The hash each cached key id is held under.
     by_id: HashMap<String, [u8; 32]>,
     /// Bumped by every change that forgets keys.
     generation: u64,
+    /// Whether every change to a key reaches this cache; while not, nothing is kept or served.
+    trusted: bool,
 }
 
 struct CachedKey {
@@ -65,6 +70,15 @@ struct CachedKey {
 impl KeyCache {
     fn write(cache: &RwLock<KeyCache>) -> std::sync::RwLockWriteGuard<'_, KeyCache> {
         cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new(trusted: bool) -> KeyCache {
+        KeyCache {
+            by_hash: HashMap::new(),
+            by_id: HashMap::new(),
+            generation: 0,
+            trusted,
+        }
     }
 
     /// Forgets one key, and makes lookups under way not keep what they read.
@@ -91,6 +105,42 @@ impl KeyCache {
     }
 }
 
+/// How a store that sees changes made elsewhere tells the cache about them.
+#[derive(Clone)]
+pub struct KeyInvalidation {
+    cache: Arc<RwLock<KeyCache>>,
+}
+
+impl std::fmt::Debug for KeyInvalidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyInvalidation").finish_non_exhaustive()
+    }
+}
+
+impl KeyInvalidation {
+    /// A key changed elsewhere (revoked, or billed past what it reserved): forget it.
+    pub fn forget(&self, id: &str) {
+        KeyCache::forget_id(&self.cache, id);
+    }
+
+    /// Changes may be missed from now on: forget every key and keep none until [`Self::trust`].
+    pub fn distrust(&self) {
+        let mut cache = KeyCache::write(&self.cache);
+        cache.generation += 1;
+        cache.trusted = false;
+        cache.by_hash.clear();
+        cache.by_id.clear();
+    }
+
+    /// Every change from now on is reported. A lookup that read the store before now keeps
+    /// nothing (it may have read a key revoked before changes were followed).
+    pub fn trust(&self) {
+        let mut cache = KeyCache::write(&self.cache);
+        cache.generation += 1;
+        cache.trusted = true;
+    }
+}
+
 /// Runs `change` to its end even if the caller stops waiting for it.
 async fn detached<T: Send + 'static>(
     change: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
@@ -101,18 +151,34 @@ async fn detached<T: Send + 'static>(
 }
 
 impl CachedStore {
-    /// Caches `inner`'s keys.
+    /// Caches the keys of `inner`, whose every change goes through this cache.
     pub fn new(inner: Arc<dyn Store>) -> CachedStore {
         CachedStore {
             inner,
-            cache: Arc::new(RwLock::new(KeyCache::default())),
+            cache: Arc::new(RwLock::new(KeyCache::new(true))),
         }
+    }
+
+    /// Caches the keys of `inner`, which other servers change too: nothing is kept until the
+    /// returned handle is told that changes are followed ([`KeyInvalidation::trust`]).
+    pub fn shared(inner: Arc<dyn Store>) -> (CachedStore, KeyInvalidation) {
+        let cache = Arc::new(RwLock::new(KeyCache::new(false)));
+        let invalidation = KeyInvalidation {
+            cache: Arc::clone(&cache),
+        };
+        (CachedStore { inner, cache }, invalidation)
+    }
+
+    /// Whether keys are kept: always for a store that only this server changes; for a shared
+    /// one, while its changes are followed.
+    pub fn is_trusted(&self) -> bool {
+        self.cache.read().unwrap_or_else(|e| e.into_inner()).trusted
     }
 
     /// Keeps a key read at `generation`, unless something was forgotten since.
     fn keep(&self, generation: u64, key: &KeyRecord, day: Date, spend: DaySpend) {
         let mut cache = KeyCache::write(&self.cache);
-        if cache.generation != generation {
+        if cache.generation != generation || !cache.trusted {
             return;
         }
         if cache.by_hash.len() >= MAX_CACHED_KEYS {

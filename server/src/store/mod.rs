@@ -8,7 +8,11 @@
 //! - [`Store::settle_call`] moves a reservation to its actual cost exactly once.
 
 mod cached;
+mod postgres;
+mod rows;
 mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::Method;
@@ -18,8 +22,68 @@ use vault_key_wire::{EndpointPattern, ErrorCode, KeyStatus, Usd};
 use crate::meter::{IdempotencyClaim, ObjectRef, Settlement};
 use crate::token::TokenHash;
 
-pub use cached::CachedStore;
+pub use cached::{CachedStore, KeyInvalidation};
+pub use postgres::{is_postgres_url, ChangeFollower, PoolSettings, PostgresStore};
 pub use sqlite::{SqliteStore, SyncMode};
+
+/// The database a server runs on, chosen by its URL: `postgres://…` (shared by several servers)
+/// or `sqlite://…` / `sqlite::memory:` (one server).
+#[derive(Debug)]
+pub enum Database {
+    /// SQLite, held by this server alone.
+    Sqlite(SqliteStore),
+    /// PostgreSQL, with the task that follows other servers' changes once serving.
+    Postgres(PostgresStore, Option<ChangeFollower>),
+}
+
+impl Database {
+    /// Opens the database at `url`; with `migrate`, brings its schema up to date first (SQLite's
+    /// always is: one server owns it).
+    pub async fn open(
+        url: &str,
+        sync: SyncMode,
+        pool: PoolSettings,
+        migrate: bool,
+    ) -> Result<Database, StoreError> {
+        if is_postgres_url(url) {
+            let store = PostgresStore::connect(url, pool).await?;
+            if migrate {
+                store.migrate().await?;
+            }
+            Ok(Database::Postgres(store, None))
+        } else {
+            Ok(Database::Sqlite(SqliteStore::open(url, sync).await?))
+        }
+    }
+
+    /// The store the server's routes use: the database behind a cache of its keys, which (on
+    /// PostgreSQL) hears of the changes other servers make.
+    pub fn serve(&mut self) -> Arc<CachedStore> {
+        match self {
+            Database::Sqlite(store) => Arc::new(CachedStore::new(Arc::new(store.clone()))),
+            Database::Postgres(store, follower) => {
+                let (cached, invalidation) = CachedStore::shared(Arc::new(store.clone()));
+                if let Some(previous) = follower.replace(store.follow_changes(invalidation)) {
+                    previous.stop();
+                }
+                Arc::new(cached)
+            }
+        }
+    }
+
+    /// Waits for the writes under way and closes the connections.
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(store) => store.close().await,
+            Database::Postgres(store, follower) => {
+                if let Some(follower) = follower {
+                    follower.stop();
+                }
+                store.close().await;
+            }
+        }
+    }
+}
 
 /// A failure of the store itself (not a refusal): the request cannot be served.
 #[derive(Debug, thiserror::Error)]

@@ -17,14 +17,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{ConnectOptions, Row, Sqlite};
 use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
-use vault_key_wire::{ErrorCode, KeyStatus, Usd};
 
+use super::rows::{
+    calls_of_key, encoded_policy, key_with_spend_on_day, list_keys_query, micros,
+    replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow, IDEMPOTENCY_WINDOW_MS,
+};
 use super::{
     utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall,
     Revoked, Settled, Store, StoreError,
@@ -54,10 +55,6 @@ impl SyncMode {
 
 /// How long a connection waits for another's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long an idempotency key protects against a second reservation. Stripe keeps
-/// idempotency keys for at least 24 hours; after that a replay may act again, so it pays again.
-const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -384,10 +381,10 @@ impl SqliteStore {
     /// One key with its day's spend, from a bound `KEY_BY_*` statement.
     async fn fetch_key<'q>(
         &self,
-        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        query: sqlx::query::QueryAs<'q, Sqlite, KeyRow, sqlx::sqlite::SqliteArguments<'q>>,
     ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
         let row = query.fetch_optional(&self.reader).await?;
-        row.map(|row| key_from_row(&row).map(|(_, key, spend)| (key, spend)))
+        row.map(|row| row.decode().map(|(_, key, spend)| (key, spend)))
             .transpose()
     }
 
@@ -405,96 +402,13 @@ impl SqliteStore {
     }
 }
 
-/// A key with its spend on one day, up to the day's value (bound next). A macro rather than a
-/// `const` so that `concat!` builds each full statement at compile time: the proxy's key lookup
-/// runs on every call and formats nothing.
-macro_rules! key_with_spend_on_day {
-    () => {
-        "SELECT k.seq, k.id, k.token_hash, k.label, k.vendor, k.daily_cap_micros, \
-         k.allowed_endpoints, k.allowed_methods, k.created_ms, k.expires_ms, k.revoked_ms, \
-         k.requests, COALESCE(s.spent_micros, 0) AS spent_micros, \
-         COALESCE(s.reserved_micros, 0) AS reserved_micros \
-         FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = "
-    };
-}
 const KEY_BY_TOKEN_HASH: &str = concat!(key_with_spend_on_day!(), "? WHERE k.token_hash = ?");
 const KEY_BY_ID: &str = concat!(key_with_spend_on_day!(), "? WHERE k.id = ?");
-
-fn to_ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn usd(micros: i64) -> Usd {
-    Usd::from_micros(u64::try_from(micros).unwrap_or(0))
-}
-
-fn micros(amount: Usd) -> i64 {
-    // Every amount is at most `Usd::MAX` (10^15), far inside i64.
-    i64::try_from(amount.micros()).unwrap_or(i64::MAX)
-}
-
-fn decode_err(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Database(sqlx::Error::Decode(Box::new(e)))
-}
-
-fn key_from_row(row: &SqliteRow) -> Result<(i64, KeyRecord, DaySpend), StoreError> {
-    let hash: Vec<u8> = row.try_get("token_hash")?;
-    let token_hash = TokenHash(hash.try_into().map_err(|_| {
-        StoreError::Database(sqlx::Error::Decode("token hash is not 32 bytes".into()))
-    })?);
-    let endpoints: String = row.try_get("allowed_endpoints")?;
-    let methods: Option<String> = row.try_get("allowed_methods")?;
-    let record = KeyRecord {
-        id: row.try_get("id")?,
-        token_hash,
-        label: row.try_get("label")?,
-        vendor: row.try_get("vendor")?,
-        daily_cap: usd(row.try_get("daily_cap_micros")?),
-        allowed_endpoints: serde_json::from_str(&endpoints).map_err(decode_err)?,
-        allowed_methods: methods
-            .map(|m| serde_json::from_str::<Vec<String>>(&m))
-            .transpose()
-            .map_err(decode_err)?
-            .map(|methods| {
-                methods
-                    .iter()
-                    .map(|m| {
-                        http::Method::from_bytes(m.as_bytes()).map_err(|_| {
-                            StoreError::Database(sqlx::Error::Decode("bad method".into()))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?,
-        created_at: from_ms(row.try_get("created_ms")?),
-        expires_at: from_ms(row.try_get("expires_ms")?),
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_ms")?.map(from_ms),
-        requests: u64::try_from(row.try_get::<i64, _>("requests")?).unwrap_or(0),
-    };
-    let spend = DaySpend {
-        spent: usd(row.try_get("spent_micros")?),
-        reserved: usd(row.try_get("reserved_micros")?),
-    };
-    Ok((row.try_get("seq")?, record, spend))
-}
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let endpoints = serde_json::to_string(&key.allowed_endpoints).map_err(decode_err)?;
-        let methods = key
-            .allowed_methods
-            .as_ref()
-            .map(|methods| {
-                serde_json::to_string(&methods.iter().map(http::Method::as_str).collect::<Vec<_>>())
-            })
-            .transpose()
-            .map_err(decode_err)?;
+        let (endpoints, methods) = encoded_policy(key)?;
         let key = key.clone();
         self.group
             .write(move |conn| {
@@ -524,7 +438,7 @@ impl Store for SqliteStore {
         hash: &TokenHash,
         day: Date,
     ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
-        let query = sqlx::query(KEY_BY_TOKEN_HASH)
+        let query = sqlx::query_as(KEY_BY_TOKEN_HASH)
             .bind(day.to_string())
             .bind(&hash.0[..]);
         let found = self.fetch_key(query).await?;
@@ -533,7 +447,7 @@ impl Store for SqliteStore {
     }
 
     async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
-        self.fetch_key(sqlx::query(KEY_BY_ID).bind(day.to_string()).bind(id))
+        self.fetch_key(sqlx::query_as(KEY_BY_ID).bind(day.to_string()).bind(id))
             .await
     }
 
@@ -542,37 +456,11 @@ impl Store for SqliteStore {
         query: &KeyQuery,
         day: Date,
     ) -> Result<Vec<(i64, KeyRecord, DaySpend)>, StoreError> {
-        let now_ms = to_ms(query.now.unwrap_or_else(OffsetDateTime::now_utc));
-        let mut sql = QueryBuilder::<Sqlite>::new(key_with_spend_on_day!());
-        sql.push_bind(day.to_string()).push(" WHERE 1 = 1");
-        if let Some(prefix) = &query.label_prefix {
-            // `substr` rather than `LIKE`: a `%` or `_` in a label is not a wildcard.
-            sql.push(" AND substr(k.label, 1, length(")
-                .push_bind(prefix.clone())
-                .push(")) = ")
-                .push_bind(prefix.clone());
-        }
-        match query.status {
-            Some(KeyStatus::Revoked) => {
-                sql.push(" AND k.revoked_ms IS NOT NULL");
-            }
-            Some(KeyStatus::Expired) => {
-                sql.push(" AND k.revoked_ms IS NULL AND k.expires_ms <= ")
-                    .push_bind(now_ms);
-            }
-            Some(KeyStatus::Active) => {
-                sql.push(" AND k.revoked_ms IS NULL AND k.expires_ms > ")
-                    .push_bind(now_ms);
-            }
-            None => {}
-        }
-        if let Some(after) = query.after {
-            sql.push(" AND k.seq > ").push_bind(after);
-        }
-        sql.push(" ORDER BY k.seq LIMIT ")
-            .push_bind(i64::from(query.limit));
-        let rows = sql.build().fetch_all(&self.reader).await?;
-        rows.iter().map(key_from_row).collect()
+        let rows = list_keys_query::<Sqlite>(query, day)
+            .build_query_as::<KeyRow>()
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(KeyRow::decode).collect()
     }
 
     async fn revoke(&self, id: &str, at: OffsetDateTime) -> Result<Revoked, StoreError> {
@@ -694,33 +582,12 @@ impl Store for SqliteStore {
     }
 
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT at_ms, method, path, upstream_status, reserved_micros, settled_micros, denied \
-             FROM calls WHERE key_id = ? ORDER BY id LIMIT ?",
-        )
-        .bind(key_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let denied: Option<String> = row.try_get("denied")?;
-                Ok(CallRecord {
-                    at: from_ms(row.try_get("at_ms")?),
-                    method: row.try_get("method")?,
-                    path: row.try_get("path")?,
-                    upstream_status: row
-                        .try_get::<Option<i64>, _>("upstream_status")?
-                        .and_then(|s| u16::try_from(s).ok()),
-                    reserved: usd(row.try_get("reserved_micros")?),
-                    settled: row.try_get::<Option<i64>, _>("settled_micros")?.map(usd),
-                    denied: denied
-                        .map(|code| serde_json::from_value::<ErrorCode>(code.into()))
-                        .transpose()
-                        .map_err(decode_err)?,
-                })
-            })
-            .collect()
+        let rows: Vec<CallRow> = sqlx::query_as(concat!(calls_of_key!(), "? ORDER BY id LIMIT ?"))
+            .bind(key_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(CallRow::decode).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -791,11 +658,7 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
     }
     let mut reserve = call.max_cost;
     if let Some(claim) = &call.idempotency {
-        // The latest reserving call under this key. While it is in flight its outcome is open
-        // (a 4xx would make a replay execute anew): refuse. Once it may have cost money
-        // (settled above zero, or outcome unknown with its reservation kept), the vendor will
-        // replay its result rather than act again: reserve nothing more.
-        let earlier: Option<(Option<i64>, Option<i64>)> = conn
+        let earlier: EarlierClaim = conn
             .prepare_cached(
                 "SELECT settled_micros, in_flight_until_ms FROM calls WHERE key_id = ? \
                  AND idempotency_key = ? AND fingerprint = ? AND at_ms > ? \
@@ -811,14 +674,10 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
-        match earlier {
-            Some((None, Some(until))) if until > at_ms => {
-                return Ok(OpenedCall::IdempotencyInFlight)
-            }
-            Some((None, _)) => reserve = Usd::ZERO,
-            Some((Some(settled), _)) if settled > 0 => reserve = Usd::ZERO,
-            _ => {}
-        }
+        reserve = match replay_reservation(earlier, at_ms, call.max_cost) {
+            Ok(reserve) => reserve,
+            Err(refused) => return Ok(refused),
+        };
     }
     if !reserve.is_zero() {
         // One conditional statement: the day's first reservation inserts the row, later ones

@@ -25,6 +25,133 @@ pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Server {
     Server::start(config).await.expect("server starts")
 }
 
+/// A sandbox server on the test's database.
+pub async fn start_on(db: &TestDb) -> Server {
+    start_on_with(db, |_| {}).await
+}
+
+/// A sandbox server on the test's database, configured further by `adjust`.
+pub async fn start_on_with(db: &TestDb, adjust: impl FnOnce(&mut ServerConfig)) -> Server {
+    start_with(|config| {
+        config.database_url = db.url().to_owned();
+        adjust(config);
+    })
+    .await
+}
+
+/// The database of one test: a SQLite file in a directory of its own, or a PostgreSQL database
+/// of its own on the server `VAULT_KEY_TEST_POSTGRES` names; either is removed when the test ends
+/// (however it ends), so tests run in parallel and leave nothing behind.
+#[derive(Debug)]
+pub struct TestDb {
+    url: String,
+    /// The PostgreSQL server's URL and this test's database on it.
+    postgres: Option<(String, String)>,
+    /// The SQLite file's directory.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        TestDb {
+            url: format!("sqlite://{}", dir.path().join("vault.db").display()),
+            postgres: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` (saying so) where `VAULT_KEY_TEST_POSTGRES` is unset.
+    pub async fn postgres(test: &str) -> Option<TestDb> {
+        let Ok(server) = std::env::var("VAULT_KEY_TEST_POSTGRES") else {
+            eprintln!("skipped {test} on PostgreSQL: VAULT_KEY_TEST_POSTGRES is not set");
+            return None;
+        };
+        let name = format!(
+            "vault_key_test_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut admin = postgres_admin(&server).await;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("a test database can be created");
+        let mut url = url::Url::parse(&server).expect("VAULT_KEY_TEST_POSTGRES is a URL");
+        url.set_path(&name);
+        Some(TestDb {
+            url: url.to_string(),
+            postgres: Some((server, name)),
+            _dir: None,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+}
+
+async fn postgres_admin(server: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(server)
+        .await
+        .expect("the PostgreSQL of VAULT_KEY_TEST_POSTGRES answers")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // A runtime of its own: this may run while the test's runtime unwinds.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut admin = postgres_admin(&server).await;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("could not drop a test database: {error}");
+        }
+    }
+}
+
+/// Runs each named test, an `async fn(&TestDb)`, twice: on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($flavor:meta; $($test:ident),+ $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[$flavor]
+                async fn $test() {
+                    super::$test(&$crate::common::TestDb::sqlite()).await
+                }
+            )+
+        }
+        mod on_postgres {
+            $(
+                #[$flavor]
+                async fn $test() {
+                    if let Some(db) = $crate::common::TestDb::postgres(stringify!($test)).await {
+                        super::$test(&db).await
+                    }
+                }
+            )+
+        }
+    };
+}
+
 /// A generic vendor at `base_url`, with a flat cost per call.
 pub fn generic_vendor(name: &str, base_url: &str, cost_micros: u64) -> Vendor {
     Vendor {
@@ -228,6 +355,23 @@ pub async fn revoke(server: &Server, key: &Value) -> u16 {
     admin(&server.url(), reqwest::Method::DELETE, &path, None)
         .await
         .0
+}
+
+/// Waits until the server at `url` serves keys from memory (on PostgreSQL: once it hears other
+/// servers' changes); returns its `/healthz` answer.
+pub async fn key_cache_in_use(url: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, health) = send(http().get(format!("{url}/healthz"))).await;
+        if status == 200 && health["key_cache"] == "in_use" {
+            return health;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the key cache is not in use after 10 s: {status} {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// The Prometheus text of `/metrics`.

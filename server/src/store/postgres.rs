@@ -1,0 +1,606 @@
+//! The shared store: PostgreSQL, for several servers behind one load balancer.
+//!
+//! Caps stay exact across servers because every reservation is one conditional upsert of the
+//! key's day row (`spent + reserved + cost <= cap`, checked and written by one statement under
+//! the row's lock), never a read followed by a write. A reservation first locks its key's row, so
+//! a revocation made anywhere either commits before it (and is seen) or waits for it.
+//!
+//! Each server keeps keys in memory ([`super::CachedStore`]) and learns of changes made by the
+//! others through `LISTEN vault_key_keys`: a trigger notifies a key's id whenever what the key
+//! allows changes, and a settlement billed above its reservation notifies too. While the
+//! listening connection is down, or its heartbeat (a notification the server sends itself)
+//! does not come back in time, the cache is distrusted — emptied, and nothing kept — until the
+//! connection is back and listening again; everything read from then on is newer than anything
+//! missed.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::Postgres;
+use time::{Date, OffsetDateTime};
+use tokio::task::JoinHandle;
+
+use super::rows::{
+    calls_of_key, encoded_policy, key_with_spend_on_day, list_keys_query, micros,
+    replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow, IDEMPOTENCY_WINDOW_MS,
+};
+use super::{
+    utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyInvalidation, KeyQuery, KeyRecord,
+    NewCall, OpenedCall, Revoked, Settled, Store, StoreError,
+};
+use crate::meter::Settlement;
+use crate::token::TokenHash;
+
+/// The channel a key's id is notified on when it changes.
+const KEYS_CHANNEL: &str = "vault_key_keys";
+
+/// How often the listening connection proves it still hears: a notification the server sends
+/// itself through the pool must come back on it.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a heartbeat may take to come back before the connection is taken for lost.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits between attempts to listen again, doubling from the first to the last.
+const RELISTEN_AFTER: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// How the server's connections to PostgreSQL are pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Connections this server opens at most (each instance its own: N instances open up to N
+    /// times this many, which must stay under the database's `max_connections`).
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered `503
+    /// store_unavailable`; also bounds the wait while the database is unreachable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// The task that follows other servers' changes; it ends when the store's pool is closed.
+#[derive(Debug)]
+pub struct ChangeFollower(JoinHandle<()>);
+
+impl ChangeFollower {
+    /// Stops following.
+    pub fn stop(&self) {
+        self.0.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database named by a `postgres://` URL. The schema is not touched: see
+    /// [`PostgresStore::migrate`].
+    pub async fn connect(url: &str, settings: PoolSettings) -> Result<PostgresStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect(url)
+            .await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Brings the schema up to date. Safe to run from several servers starting at once: the
+    /// migrator holds an advisory lock while it works.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Database(e.into()))
+    }
+
+    /// Starts telling `invalidation` about keys changed by other servers (see the module's
+    /// documentation); until the first connection listens, the cache is distrusted.
+    pub fn follow_changes(&self, invalidation: KeyInvalidation) -> ChangeFollower {
+        invalidation.distrust();
+        ChangeFollower(tokio::spawn(follow_changes(
+            self.pool.clone(),
+            invalidation,
+        )))
+    }
+
+    /// Closes the pool, waiting for the queries in progress.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Listens, and listens again whenever the connection is lost, until the pool is closed.
+async fn follow_changes(pool: PgPool, invalidation: KeyInvalidation) {
+    // Each server hears its own heartbeat only.
+    let alive_channel = format!("vault_key_alive_{:016x}", rand::random::<u64>());
+    let mut wait = RELISTEN_AFTER.0;
+    while !pool.is_closed() {
+        match listen(&pool, &alive_channel).await {
+            Ok(listener) => {
+                wait = RELISTEN_AFTER.0;
+                // Everything read from now on is newer than any change missed before.
+                invalidation.trust();
+                tracing::info!("following key changes made by other servers");
+                let lost = follow(listener, &pool, &alive_channel, &invalidation).await;
+                invalidation.distrust();
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(
+                    reason = %lost,
+                    "stopped hearing key changes made by other servers; keys are read from the \
+                     database until listening again"
+                );
+            }
+            Err(error) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(%error, retry_in = ?wait, "cannot listen for key changes");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RELISTEN_AFTER.1);
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool, alive_channel: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    // A lost connection is this task's to notice and to reopen (the cache is distrusted in
+    // between), not the listener's to mend silently.
+    listener.eager_reconnect(false);
+    listener.listen_all([KEYS_CHANNEL, alive_channel]).await?;
+    Ok(listener)
+}
+
+/// Hands every notified key to `invalidation` until the connection is lost; returns why.
+async fn follow(
+    mut listener: PgListener,
+    pool: &PgPool,
+    alive_channel: &str,
+    invalidation: &KeyInvalidation,
+) -> String {
+    let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence: u64 = 0;
+    // The heartbeat awaited, and when it was sent.
+    let mut awaited: Option<(String, Instant)> = None;
+    loop {
+        tokio::select! {
+            // Cancel-safe: the listener consumes a message only once it has all of it.
+            received = listener.try_recv() => match received {
+                Ok(Some(notification)) if notification.channel() == KEYS_CHANNEL => {
+                    invalidation.forget(notification.payload());
+                }
+                Ok(Some(notification)) => {
+                    if awaited.as_ref().is_some_and(|(beat, _)| beat == notification.payload()) {
+                        awaited = None;
+                    }
+                }
+                Ok(None) => return "the listening connection was closed".to_owned(),
+                Err(error) => return error.to_string(),
+            },
+            _ = beat.tick() => match &awaited {
+                Some((_, sent)) if sent.elapsed() > HEARTBEAT_TIMEOUT => {
+                    return "a heartbeat did not come back".to_owned();
+                }
+                Some(_) => {}
+                None => {
+                    sequence += 1;
+                    let payload = sequence.to_string();
+                    let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(alive_channel)
+                        .bind(&payload)
+                        .execute(pool)
+                        .await;
+                    if let Err(error) = sent {
+                        return format!("cannot send a heartbeat: {error}");
+                    }
+                    awaited = Some((payload, Instant::now()));
+                }
+            },
+        }
+    }
+}
+
+const KEY_BY_TOKEN_HASH: &str = concat!(key_with_spend_on_day!(), "$1 WHERE k.token_hash = $2");
+const KEY_BY_ID: &str = concat!(key_with_spend_on_day!(), "$1 WHERE k.id = $2");
+
+/// Records a call and counts it against its key, in one statement; returns the call's id.
+const INSERT_COUNTED_CALL: &str = "WITH counted AS \
+     (UPDATE keys SET requests = requests + 1 WHERE id = $1) \
+     INSERT INTO calls (key_id, day, at_ms, method, path, upstream_status, reserved_micros, \
+     settled_micros, idempotency_key, fingerprint, in_flight_until_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
+
+impl PostgresStore {
+    async fn fetch_key(
+        &self,
+        sql: &'static str,
+        day: Date,
+        by: impl for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        let row: Option<KeyRow> = sqlx::query_as(sql)
+            .bind(day.to_string())
+            .bind(by)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| row.decode().map(|(_, key, spend)| (key, spend)))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let (endpoints, methods) = encoded_policy(key)?;
+        sqlx::query(
+            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
+             allowed_endpoints, allowed_methods, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&key.id)
+        .bind(&key.token_hash.0[..])
+        .bind(&key.label)
+        .bind(&key.vendor)
+        .bind(micros(key.daily_cap))
+        .bind(endpoints)
+        .bind(methods)
+        .bind(to_ms(key.created_at))
+        .bind(to_ms(key.expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn key_by_token(
+        &self,
+        hash: &TokenHash,
+        day: Date,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        let found = self
+            .fetch_key(KEY_BY_TOKEN_HASH, day, hash.0.to_vec())
+            .await?;
+        // The index found the row by hash; confirm in constant time all the same.
+        Ok(found.filter(|(key, _)| key.token_hash.matches(hash)))
+    }
+
+    async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        self.fetch_key(KEY_BY_ID, day, id.to_owned()).await
+    }
+
+    async fn list_keys(
+        &self,
+        query: &KeyQuery,
+        day: Date,
+    ) -> Result<Vec<(i64, KeyRecord, DaySpend)>, StoreError> {
+        let rows = list_keys_query::<Postgres>(query, day)
+            .build_query_as::<KeyRow>()
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(KeyRow::decode).collect()
+    }
+
+    async fn revoke(&self, id: &str, at: OffsetDateTime) -> Result<Revoked, StoreError> {
+        // The trigger on `keys` tells every server to forget the key.
+        let (revoked, exists): (bool, bool) = sqlx::query_as(
+            "WITH revoked AS (UPDATE keys SET revoked_ms = $1 WHERE id = $2 \
+             AND revoked_ms IS NULL RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM revoked), EXISTS (SELECT 1 FROM keys WHERE id = $2)",
+        )
+        .bind(to_ms(at))
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match (revoked, exists) {
+            (true, _) => Revoked::Now,
+            (false, true) => Revoked::Already,
+            (false, false) => Revoked::NotFound,
+        })
+    }
+
+    async fn revoke_by_label_prefix(
+        &self,
+        prefix: &str,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let revoked = sqlx::query(
+            "UPDATE keys SET revoked_ms = $1 WHERE revoked_ms IS NULL AND expires_ms > $1 \
+             AND substr(label, 1, length($2)) = $2",
+        )
+        .bind(to_ms(at))
+        .bind(prefix)
+        .execute(&self.pool)
+        .await?;
+        Ok(revoked.rows_affected())
+    }
+
+    async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let opened = open_call(&mut tx, call).await?;
+        if matches!(opened, OpenedCall::Opened { .. }) {
+            tx.commit().await?;
+        }
+        Ok(opened)
+    }
+
+    async fn settle_call(
+        &self,
+        call_id: i64,
+        settlement: &Settlement,
+        upstream_status: Option<u16>,
+    ) -> Result<Option<Settled>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let settled = settle_call(&mut tx, call_id, settlement, upstream_status).await?;
+        tx.commit().await?;
+        Ok(settled)
+    }
+
+    async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE calls SET in_flight_until_ms = NULL WHERE id = $1")
+            .bind(call_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_free_call(
+        &self,
+        key_id: &str,
+        at: OffsetDateTime,
+        method: &str,
+        path: &str,
+        upstream_status: Option<u16>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(INSERT_COUNTED_CALL)
+            .bind(key_id)
+            .bind(utc_day(at).to_string())
+            .bind(to_ms(at))
+            .bind(method)
+            .bind(path)
+            .bind(upstream_status.map(i64::from))
+            .bind(0_i64)
+            .bind(Some(0_i64))
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .bind(None::<i64>)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_denial(&self, denial: &DeniedCall) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO calls (key_id, day, at_ms, method, path, denied, settled_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0)",
+        )
+        .bind(&denial.key_id)
+        .bind(utc_day(denial.at).to_string())
+        .bind(to_ms(denial.at))
+        .bind(&denial.method)
+        .bind(&denial.path)
+        .bind(denial.code.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
+        let rows: Vec<CallRow> =
+            sqlx::query_as(concat!(calls_of_key!(), "$1 ORDER BY id LIMIT $2"))
+                .bind(key_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(CallRow::decode).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn key_counts(&self, now: OffsetDateTime) -> Result<KeyCounts, StoreError> {
+        let (active, revoked, expired): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               COUNT(*) FILTER (WHERE revoked_ms IS NULL AND expires_ms > $1), \
+               COUNT(*) FILTER (WHERE revoked_ms IS NOT NULL), \
+               COUNT(*) FILTER (WHERE revoked_ms IS NULL AND expires_ms <= $1) \
+             FROM keys",
+        )
+        .bind(to_ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(KeyCounts {
+            active: count(active),
+            revoked: count(revoked),
+            expired: count(expired),
+        })
+    }
+}
+
+/// Reserves a call's cost (see [`Store::open_call`]) in the transaction `conn` is in.
+async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall, StoreError> {
+    let day = utc_day(call.at).to_string();
+    let at_ms = to_ms(call.at);
+    // The key's row stays locked until this transaction ends: a revocation (an UPDATE of the
+    // row) committed before is seen here, and one made meanwhile waits until the money has moved.
+    // Every reservation of the key queues here too, which is what makes the idempotency check
+    // below see the call before it.
+    let state: Option<(Option<i64>, i64)> =
+        sqlx::query_as("SELECT revoked_ms, expires_ms FROM keys WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&call.key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match state {
+        Some((Some(_), _)) | None => return Ok(OpenedCall::KeyRevoked),
+        Some((None, expires_ms)) if at_ms >= expires_ms => return Ok(OpenedCall::KeyExpired),
+        Some(_) => {}
+    }
+    if let Some(object) = &call.acts_on {
+        let owned: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM owned_objects WHERE key_id = $1 AND object_id = $2 \
+             AND kind = $4 AND ($3::TEXT IS NULL OR currency = $3))",
+        )
+        .bind(&call.key_id)
+        .bind(&object.id)
+        .bind(object.currency.as_deref())
+        .bind(&object.kind)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !owned {
+            return Ok(OpenedCall::NotOwned);
+        }
+    }
+    let mut reserve = call.max_cost;
+    if let Some(claim) = &call.idempotency {
+        let earlier: EarlierClaim = sqlx::query_as(
+            "SELECT settled_micros, in_flight_until_ms FROM calls WHERE key_id = $1 \
+             AND idempotency_key = $2 AND fingerprint = $3 AND at_ms > $4 \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&call.key_id)
+        .bind(&claim.key)
+        .bind(&claim.fingerprint)
+        .bind(at_ms - IDEMPOTENCY_WINDOW_MS)
+        .fetch_optional(&mut *conn)
+        .await?;
+        reserve = match replay_reservation(earlier, at_ms, call.max_cost) {
+            Ok(reserve) => reserve,
+            Err(refused) => return Ok(refused),
+        };
+    }
+    if !reserve.is_zero() {
+        // One conditional statement: the day's first reservation inserts the row, later ones
+        // add to it under the row's lock, and neither happens past the cap.
+        let reserved = sqlx::query(
+            "INSERT INTO spend (key_id, day, reserved_micros) SELECT $2, $3, $1 WHERE $1 <= $4 \
+             ON CONFLICT (key_id, day) DO UPDATE \
+             SET reserved_micros = spend.reserved_micros + EXCLUDED.reserved_micros \
+             WHERE spend.spent_micros + spend.reserved_micros + EXCLUDED.reserved_micros <= $4",
+        )
+        .bind(micros(reserve))
+        .bind(&call.key_id)
+        .bind(&day)
+        .bind(micros(call.cap))
+        .execute(&mut *conn)
+        .await?;
+        if reserved.rows_affected() == 0 {
+            let spend: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT spent_micros, reserved_micros FROM spend WHERE key_id = $1 AND day = $2",
+            )
+            .bind(&call.key_id)
+            .bind(&day)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let spend = spend
+                .map(|(spent, reserved)| DaySpend {
+                    spent: usd(spent),
+                    reserved: usd(reserved),
+                })
+                .unwrap_or_default();
+            return Ok(OpenedCall::CapExhausted(spend));
+        }
+    }
+    // Only a reserving call can be replayed: a replay records no idempotency key of its own.
+    let claim = call.idempotency.as_ref().filter(|_| !reserve.is_zero());
+    let call_id: i64 = sqlx::query_scalar(INSERT_COUNTED_CALL)
+        .bind(&call.key_id)
+        .bind(&day)
+        .bind(at_ms)
+        .bind(&call.method)
+        .bind(&call.path)
+        .bind(None::<i64>)
+        .bind(micros(reserve))
+        .bind(None::<i64>)
+        .bind(claim.map(|c| c.key.as_str()))
+        .bind(claim.map(|c| c.fingerprint.as_str()))
+        .bind(Some(to_ms(call.in_flight_until)))
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(OpenedCall::Opened {
+        call_id,
+        reserved: reserve,
+    })
+}
+
+/// Settles a call (see [`Store::settle_call`]) in the transaction `conn` is in.
+async fn settle_call(
+    conn: &mut PgConnection,
+    call_id: i64,
+    settlement: &Settlement,
+    upstream_status: Option<u16>,
+) -> Result<Option<Settled>, StoreError> {
+    let cost = settlement.cost;
+    let settled: Option<(String, String, i64)> = sqlx::query_as(
+        "UPDATE calls SET settled_micros = $1, upstream_status = $2, in_flight_until_ms = NULL \
+         WHERE id = $3 AND settled_micros IS NULL RETURNING key_id, day, reserved_micros",
+    )
+    .bind(micros(cost))
+    .bind(upstream_status.map(i64::from))
+    .bind(call_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((key_id, day, reserved)) = settled else {
+        // Already settled (or never opened): settling is idempotent.
+        return Ok(None);
+    };
+    if let Some(object) = &settlement.created {
+        sqlx::query(
+            "INSERT INTO owned_objects (key_id, object_id, kind, currency) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key_id)
+        .bind(&object.id)
+        .bind(&object.kind)
+        .bind(object.currency.as_deref())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if reserved != 0 || !cost.is_zero() {
+        // A call that reserved has its day's row; one that reserved nothing (a replay) and cost
+        // something may not.
+        sqlx::query(
+            "INSERT INTO spend (key_id, day, spent_micros) VALUES ($1, $2, $4) \
+             ON CONFLICT (key_id, day) DO UPDATE \
+             SET reserved_micros = spend.reserved_micros - $3, \
+             spent_micros = spend.spent_micros + $4",
+        )
+        .bind(&key_id)
+        .bind(&day)
+        .bind(reserved)
+        .bind(micros(cost))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let settled = Settled {
+        key_id,
+        reserved: usd(reserved),
+        cost,
+    };
+    if settled.cost > settled.reserved {
+        // The one way spend passes a cap: every server forgets the key and reads its spend anew.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(KEYS_CHANNEL)
+            .bind(&settled.key_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(settled))
+}
+
+/// Whether a database URL names PostgreSQL.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
