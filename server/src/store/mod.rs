@@ -49,6 +49,8 @@ impl Database {
             let store = PostgresStore::connect(url, pool).await?;
             if migrate {
                 store.migrate().await?;
+            } else {
+                store.check_schema().await?;
             }
             Ok(Database::Postgres(store, None))
         } else {
@@ -97,6 +99,12 @@ pub enum StoreError {
     /// A write was not made durable: its group was rolled back, or the writer has stopped.
     #[error("key store error: {0}")]
     Write(String),
+    /// The database lacks migrations this server needs (it was started without migrating).
+    #[error(
+        "the database schema is behind this server (migrations {0:?} are not applied): run \
+         `vault-key-server migrate --db …` first"
+    )]
+    SchemaBehind(Vec<i64>),
     /// Another server holds the SQLite database.
     #[error(
         "{} is in use by another vault-key server; a SQLite database serves one server at a \

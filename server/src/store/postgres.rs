@@ -8,12 +8,11 @@
 //! Each server keeps keys in memory ([`super::CachedStore`]) and learns of changes made by the
 //! others through `LISTEN vault_key_keys`: a trigger notifies a key's id whenever what the key
 //! allows changes, and a settlement billed above its reservation notifies too. While the
-//! listening connection is down, or its heartbeat (a notification the server sends itself)
-//! does not come back in time, the cache is distrusted — emptied, and nothing kept — until the
-//! connection is back and listening again; everything read from then on is newer than anything
-//! missed.
+//! listening connection is down, or does not answer its heartbeat query in time, the cache is
+//! distrusted — emptied, and nothing kept — until the connection is back and listening again;
+//! everything read from then on is newer than anything missed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
@@ -32,14 +31,15 @@ use super::{
 use crate::meter::Settlement;
 use crate::token::TokenHash;
 
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
 /// The channel a key's id is notified on when it changes.
 const KEYS_CHANNEL: &str = "vault_key_keys";
 
-/// How often the listening connection proves it still hears: a notification the server sends
-/// itself through the pool must come back on it.
+/// How often the listening connection proves it is alive, by answering a query.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
-/// How long a heartbeat may take to come back before the connection is taken for lost.
+/// How long a heartbeat may wait for its answer before the connection is taken for lost.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Waits between attempts to listen again, doubling from the first to the last.
@@ -97,10 +97,31 @@ impl PostgresStore {
     /// Brings the schema up to date. Safe to run from several servers starting at once: the
     /// migrator holds an advisory lock while it works.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
+        MIGRATOR
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Database(e.into()))
+    }
+
+    /// Fails unless every migration this server knows has been applied (for servers started
+    /// without migrating: better a clear refusal to start than a 503 on every call).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default();
+        let missing: Vec<i64> = MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::SchemaBehind(missing))
+        }
     }
 
     /// Starts telling `invalidation` about keys changed by other servers (see the module's
@@ -121,17 +142,15 @@ impl PostgresStore {
 
 /// Listens, and listens again whenever the connection is lost, until the pool is closed.
 async fn follow_changes(pool: PgPool, invalidation: KeyInvalidation) {
-    // Each server hears its own heartbeat only.
-    let alive_channel = format!("vault_key_alive_{:016x}", rand::random::<u64>());
     let mut wait = RELISTEN_AFTER.0;
     while !pool.is_closed() {
-        match listen(&pool, &alive_channel).await {
+        match listen(&pool).await {
             Ok(listener) => {
                 wait = RELISTEN_AFTER.0;
                 // Everything read from now on is newer than any change missed before.
                 invalidation.trust();
                 tracing::info!("following key changes made by other servers");
-                let lost = follow(listener, &pool, &alive_channel, &invalidation).await;
+                let lost = follow(listener, &invalidation).await;
                 invalidation.distrust();
                 if pool.is_closed() {
                     return;
@@ -154,61 +173,45 @@ async fn follow_changes(pool: PgPool, invalidation: KeyInvalidation) {
     }
 }
 
-async fn listen(pool: &PgPool, alive_channel: &str) -> Result<PgListener, sqlx::Error> {
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     // A lost connection is this task's to notice and to reopen (the cache is distrusted in
     // between), not the listener's to mend silently.
     listener.eager_reconnect(false);
-    listener.listen_all([KEYS_CHANNEL, alive_channel]).await?;
+    listener.listen(KEYS_CHANNEL).await?;
     Ok(listener)
 }
 
 /// Hands every notified key to `invalidation` until the connection is lost; returns why.
-async fn follow(
-    mut listener: PgListener,
-    pool: &PgPool,
-    alive_channel: &str,
-    invalidation: &KeyInvalidation,
-) -> String {
+async fn follow(mut listener: PgListener, invalidation: &KeyInvalidation) -> String {
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sequence: u64 = 0;
-    // The heartbeat awaited, and when it was sent.
-    let mut awaited: Option<(String, Instant)> = None;
     loop {
-        tokio::select! {
+        let heartbeat_due = tokio::select! {
             // Cancel-safe: the listener consumes a message only once it has all of it.
             received = listener.try_recv() => match received {
-                Ok(Some(notification)) if notification.channel() == KEYS_CHANNEL => {
-                    invalidation.forget(notification.payload());
-                }
                 Ok(Some(notification)) => {
-                    if awaited.as_ref().is_some_and(|(beat, _)| beat == notification.payload()) {
-                        awaited = None;
-                    }
+                    invalidation.forget(notification.payload());
+                    false
                 }
                 Ok(None) => return "the listening connection was closed".to_owned(),
                 Err(error) => return error.to_string(),
             },
-            _ = beat.tick() => match &awaited {
-                Some((_, sent)) if sent.elapsed() > HEARTBEAT_TIMEOUT => {
-                    return "a heartbeat did not come back".to_owned();
-                }
-                Some(_) => {}
-                None => {
-                    sequence += 1;
-                    let payload = sequence.to_string();
-                    let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(alive_channel)
-                        .bind(&payload)
-                        .execute(pool)
-                        .await;
-                    if let Err(error) = sent {
-                        return format!("cannot send a heartbeat: {error}");
-                    }
-                    awaited = Some((payload, Instant::now()));
-                }
-            },
+            _ = beat.tick() => true,
+        };
+        if heartbeat_due {
+            // A connection that died silently (a network partition) closes no socket: only an
+            // answer proves it still delivers. Notifications that arrive meanwhile are buffered.
+            let answered = tokio::time::timeout(
+                HEARTBEAT_TIMEOUT,
+                sqlx::query("SELECT 1").execute(&mut listener),
+            )
+            .await;
+            match answered {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return format!("the heartbeat failed: {error}"),
+                Err(_) => return "the heartbeat got no answer in time".to_owned(),
+            }
         }
     }
 }
