@@ -3,9 +3,11 @@
 //! `Drop` cannot `.await`, may run on a thread with no Tokio runtime, or while the runtime that
 //! issued the key is shutting down. So a dropped key is handed, by a non-blocking channel send, to
 //! one process-wide revoker: a dedicated thread with its own small runtime and HTTP client, which
-//! neither the caller's runtime nor its shutdown can take down. It sends `DELETE /v1/keys/{id}`,
-//! retries failures with exponential backoff until the key would have expired anyway (the TTL is
-//! the last safety net), and counts what is pending so that [`flush`] can wait for it.
+//! neither the caller's runtime nor its shutdown can take down. It sends `DELETE /v1/keys/{id}` —
+//! or, for the keys that queued up while it was busy (a burst of tasks ending at once), one
+//! `POST /v1/keys/revoke {"ids": […]}` per server — retries failures with exponential backoff
+//! until the key would have expired anyway (the TTL is the last safety net), and counts what is
+//! pending so that [`flush`] can wait for it.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,8 +17,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use url::Url;
 
-/// Revocations sent at once: enough to drain a burst quickly, few enough not to flood the server.
+/// Revocation requests sent at once: enough to drain a burst quickly, few enough not to flood the
+/// server.
 const CONCURRENCY: usize = 32;
+/// The most keys one request revokes (the server takes up to `vault_key_wire::MAX_REVOKE_IDS`).
+const MAX_BATCH: usize = 256;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -159,17 +164,40 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<RevokeJob>, pending: PendingCount
         }
     };
     let permits = std::sync::Arc::new(Semaphore::new(CONCURRENCY));
-    while let Some(job) = jobs.recv().await {
-        let http = http.clone();
-        let pending = pending.clone();
-        let permits = permits.clone();
-        tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            revoke_with_retries(&http, &job).await;
-            pending.done();
-            job.client_pending.done();
-        });
+    let mut queued = Vec::with_capacity(MAX_BATCH);
+    // Whatever is queued when the revoker gets to it goes out together: a key dropped alone is
+    // sent at once, and a burst costs a request per server rather than per key.
+    while jobs.recv_many(&mut queued, MAX_BATCH).await > 0 {
+        for batch in by_server(queued.drain(..)) {
+            let http = http.clone();
+            let pending = pending.clone();
+            let permits = permits.clone();
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                revoke_with_retries(&http, &batch).await;
+                for job in batch {
+                    pending.done();
+                    job.client_pending.done();
+                }
+            });
+        }
     }
+}
+
+/// Groups revocations by the server and admin token they go to.
+fn by_server(jobs: impl Iterator<Item = RevokeJob>) -> Vec<Vec<RevokeJob>> {
+    let mut batches: Vec<Vec<RevokeJob>> = Vec::new();
+    for job in jobs {
+        let same_server = batches.iter_mut().find(|batch| {
+            batch[0].api_url == job.api_url
+                && batch[0].admin_token.expose_secret() == job.admin_token.expose_secret()
+        });
+        match same_server {
+            Some(batch) => batch.push(job),
+            None => batches.push(vec![job]),
+        }
+    }
+    batches
 }
 
 /// What one attempt told us.
@@ -180,24 +208,36 @@ enum Attempt {
     GiveUp(String),
 }
 
-async fn revoke_with_retries(http: &reqwest::Client, job: &RevokeJob) {
+/// Revokes a batch of keys of one server, retrying until done, refused for good, or every key in
+/// it has expired.
+async fn revoke_with_retries(http: &reqwest::Client, batch: &[RevokeJob]) {
     let mut backoff = FIRST_BACKOFF;
+    let mut left: Vec<&RevokeJob> = batch.iter().collect();
     loop {
-        match revoke_once(http, job).await {
+        match revoke_once(http, &left).await {
             Attempt::Done => {
-                tracing::debug!(key_id = %job.key_id, "key revoked");
+                tracing::debug!(keys = left.len(), "keys revoked");
                 return;
             }
             Attempt::GiveUp(reason) => {
-                tracing::error!(key_id = %job.key_id, %reason, "revocation refused; the key will only expire");
+                for job in &left {
+                    tracing::error!(key_id = %job.key_id, %reason, "revocation refused; the key will only expire");
+                }
                 return;
             }
             Attempt::Retry(reason) => {
-                if OffsetDateTime::now_utc() >= job.expires_at {
-                    tracing::warn!(key_id = %job.key_id, %reason, "revocation never got through before the key expired");
+                let now = OffsetDateTime::now_utc();
+                left.retain(|job| {
+                    let expired = now >= job.expires_at;
+                    if expired {
+                        tracing::warn!(key_id = %job.key_id, %reason, "revocation never got through before the key expired");
+                    }
+                    !expired
+                });
+                if left.is_empty() {
                     return;
                 }
-                tracing::debug!(key_id = %job.key_id, %reason, ?backoff, "revocation failed; retrying");
+                tracing::debug!(keys = left.len(), %reason, ?backoff, "revocation failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -205,11 +245,49 @@ async fn revoke_with_retries(http: &reqwest::Client, job: &RevokeJob) {
     }
 }
 
-async fn revoke_once(http: &reqwest::Client, job: &RevokeJob) -> Attempt {
-    match delete_key(http, &job.api_url, &job.admin_token, &job.key_id).await {
-        Ok(status) => classify(status),
-        Err(error) => Attempt::Retry(error.without_url().to_string()),
+/// One attempt: a `DELETE` for one key, one `POST /v1/keys/revoke` for several.
+async fn revoke_once(http: &reqwest::Client, jobs: &[&RevokeJob]) -> Attempt {
+    let [first, ..] = jobs else {
+        return Attempt::Done;
+    };
+    if jobs.len() > 1 {
+        let ids = jobs.iter().map(|job| job.key_id.clone()).collect();
+        match revoke_keys(http, &first.api_url, &first.admin_token, ids).await {
+            // A server that does not know the batch form (it answers 400, 404 or 405 — not
+            // "done": a 404 here is the route's, not a key's) gets one DELETE per key.
+            Ok(status) if matches!(status.as_u16(), 400 | 404 | 405) => {}
+            Ok(status) => return classify(status),
+            Err(error) => return Attempt::Retry(error.without_url().to_string()),
+        }
     }
+    for job in jobs {
+        let attempt = match delete_key(http, &job.api_url, &job.admin_token, &job.key_id).await {
+            Ok(status) => classify(status),
+            Err(error) => Attempt::Retry(error.without_url().to_string()),
+        };
+        // Revoking again what was revoked is answered 204, so a retry may repeat the batch.
+        if attempt != Attempt::Done {
+            return attempt;
+        }
+    }
+    Attempt::Done
+}
+
+/// Sends `POST /v1/keys/revoke {"ids": […]}`; the status says how it went.
+async fn revoke_keys(
+    http: &reqwest::Client,
+    api_url: &Url,
+    admin_token: &SecretString,
+    ids: Vec<String>,
+) -> Result<reqwest::StatusCode, reqwest::Error> {
+    let url = crate::client::endpoint(api_url, &["v1", "keys", "revoke"]);
+    let response = http
+        .post(url)
+        .bearer_auth(admin_token.expose_secret())
+        .json(&vault_key_wire::RevokeByIds { ids })
+        .send()
+        .await?;
+    Ok(response.status())
 }
 
 /// Sends `DELETE /v1/keys/{id}`; the status says how it went.

@@ -210,3 +210,37 @@ fn an_arc_shared_key_is_revoked_after_the_last_owner() {
         assert_eq!(server.status(&id).await, "revoked");
     });
 }
+
+#[test]
+fn a_burst_of_dropped_keys_is_revoked_in_few_requests() {
+    let server = TestServer::start();
+    block_on(async {
+        let (client, spec) = (server.client(), stripe_spec("burst", 5));
+        let issued = futures_util::future::join_all((0..300).map(|_| client.issue(&spec))).await;
+        let keys: Vec<VaultKey> = issued.into_iter().map(Result::unwrap).collect();
+        // Every task ends at once.
+        drop(keys);
+        server.flush().await;
+        assert_eq!(server.active_with_prefix("burst").await, 0);
+        let metrics = reqwest::get(format!("{}/metrics", server.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let requests = |form: &str| -> u64 {
+            let prefix = format!("vault_key_revocation_requests_total{{form=\"{form}\"}} ");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix.as_str()))
+                .map_or(0, |n| n.parse().unwrap())
+        };
+        let (one, batched) = (requests("one"), requests("ids"));
+        eprintln!("300 keys dropped together: {one} DELETEs, {batched} batches");
+        assert!(batched >= 1, "{metrics}");
+        assert!(
+            one + batched < 150,
+            "300 keys dropped together took {one} DELETEs and {batched} batches"
+        );
+    });
+}

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use vault_key_wire::{
     parse_duration, EndpointPattern, ErrorCode, Event, EventPage, IssuedKey, KeyPage, KeyStatus,
-    KeyView, RevokedCount, ServerInfo, Usd, VendorInfo,
+    KeyView, RevokedCount, ServerInfo, Usd, VendorInfo, MAX_REVOKE_IDS,
 };
 
 use crate::app::App;
@@ -34,7 +34,7 @@ const MAX_PAGE: u32 = 1000;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/keys", post(create_key).get(list_keys))
-        .route("/v1/keys/revoke", post(revoke_by_label_prefix))
+        .route("/v1/keys/revoke", post(revoke_many))
         .route("/v1/keys/{id}", get(get_key).delete(revoke_key))
         .route("/v1/keys/{id}/events", get(key_events))
         .route("/v1/info", get(info))
@@ -345,7 +345,7 @@ async fn revoke_key(
 ) -> Result<StatusCode, ApiError> {
     match app.store.revoke(&id, OffsetDateTime::now_utc()).await? {
         Revoked::Now => {
-            app.metrics.keys_revoked(1);
+            app.metrics.keys_revoked("one", 1);
             tracing::info!(key_id = %id, "key revoked");
             Ok(StatusCode::NO_CONTENT)
         }
@@ -354,36 +354,79 @@ async fn revoke_key(
     }
 }
 
-async fn revoke_by_label_prefix(
+/// `POST /v1/keys/revoke`: every key of a label prefix (`{"label_prefix": "run-42/"}`), or the
+/// keys named (`{"ids": ["key_…", …]}`, what the runtime sends when several keys end at once).
+async fn revoke_many(
     _: Admin,
     State(app): State<Arc<App>>,
     body: Bytes,
 ) -> Result<Json<RevokedCount>, ApiError> {
     let request: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => map,
-        _ => {
+        _ => return Err(ApiError::invalid_request(
+            "the body must be a JSON object: {\"label_prefix\": \"…\"} or {\"ids\": [\"key_…\"]}",
+        )),
+    };
+    let now = OffsetDateTime::now_utc();
+    let (form, revoked) = match (request.get("label_prefix"), request.get("ids")) {
+        (Some(_), Some(_)) => {
             return Err(ApiError::invalid_request(
-                "the body must be a JSON object {\"label_prefix\": \"…\"}",
+                "give `label_prefix` or `ids`, not both",
             ))
         }
-    };
-    let prefix = match request.get("label_prefix") {
-        Some(Value::String(p)) if !p.is_empty() => p,
-        // An empty prefix would revoke every key on the server: refuse rather than guess.
-        _ => {
+        (Some(prefix), None) => {
+            let prefix = match prefix {
+                Value::String(p) if !p.is_empty() => p,
+                // An empty prefix would revoke every key on the server: refuse rather than guess.
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "label_prefix",
+                        "`label_prefix` must be a non-empty string",
+                    ))
+                }
+            };
+            let revoked = app.store.revoke_by_label_prefix(prefix, now).await?;
+            tracing::info!(label_prefix = %prefix, revoked, "keys revoked by label prefix");
+            ("label_prefix", revoked)
+        }
+        (None, Some(ids)) => {
+            let ids = key_ids(ids)?;
+            let revoked = app.store.revoke_ids(&ids, now).await?;
+            tracing::info!(keys = ids.len(), revoked, "keys revoked by id");
+            ("ids", revoked)
+        }
+        (None, None) => {
             return Err(ApiError::invalid_field(
                 "label_prefix",
-                "`label_prefix` must be a non-empty string",
+                "give `label_prefix` (a non-empty string) or `ids` (a list of key ids)",
             ))
         }
     };
-    let revoked = app
-        .store
-        .revoke_by_label_prefix(prefix, OffsetDateTime::now_utc())
-        .await?;
-    app.metrics.keys_revoked(revoked);
-    tracing::info!(label_prefix = %prefix, revoked, "keys revoked by label prefix");
+    app.metrics.keys_revoked(form, revoked);
     Ok(Json(RevokedCount { revoked }))
+}
+
+/// The `ids` of a revocation: a non-empty list of at most [`MAX_REVOKE_IDS`] strings, each
+/// shaped like a key id (a longer string cannot name a key; refusing it bounds the work).
+fn key_ids(ids: &Value) -> Result<Vec<String>, ApiError> {
+    let invalid = || {
+        ApiError::invalid_field(
+            "ids",
+            format!("`ids` must be a list of 1 to {MAX_REVOKE_IDS} key ids (`key_…`)"),
+        )
+    };
+    let Value::Array(ids) = ids else {
+        return Err(invalid());
+    };
+    if ids.is_empty() || ids.len() > MAX_REVOKE_IDS {
+        return Err(invalid());
+    }
+    ids.iter()
+        .map(|id| match id {
+            Value::String(id) if crate::token::looks_like_key_id(id) => Ok(id.clone()),
+            _ => Err(invalid()),
+        })
+        .collect()
 }
 
 fn query_pairs(query: Option<&str>) -> HashMap<String, String> {

@@ -22,6 +22,11 @@ struct VendorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FormLabel {
+    form: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: &'static str,
 }
@@ -32,6 +37,7 @@ pub struct Metrics {
     registry: Registry,
     keys_issued: Counter,
     keys_revoked: Counter,
+    revocation_requests: Family<FormLabel, Counter>,
     keys_by_status: Family<StatusLabel, Gauge>,
     key_cache_in_use: Gauge,
     denials: Family<CodeLabel, Counter>,
@@ -49,6 +55,12 @@ impl Default for Metrics {
             "keys_revoked",
             "Keys revoked (one by one or in bulk)",
             keys_revoked.clone(),
+        );
+        let revocation_requests = Family::<FormLabel, Counter>::default();
+        registry.register(
+            "revocation_requests",
+            "Revocation requests, by form: one key (DELETE), ids (a batch), label_prefix",
+            revocation_requests.clone(),
         );
         let keys_by_status = Family::<StatusLabel, Gauge>::default();
         registry.register(
@@ -87,6 +99,7 @@ impl Default for Metrics {
             registry,
             keys_issued,
             keys_revoked,
+            revocation_requests,
             keys_by_status,
             key_cache_in_use,
             denials,
@@ -102,8 +115,11 @@ impl Metrics {
         self.keys_issued.inc();
     }
 
-    /// `count` keys were revoked.
-    pub fn keys_revoked(&self, count: u64) {
+    /// A revocation request of `form` (`one`, `ids`, `label_prefix`) revoked `count` keys.
+    pub fn keys_revoked(&self, form: &'static str, count: u64) {
+        self.revocation_requests
+            .get_or_create(&FormLabel { form })
+            .inc();
         self.keys_revoked.inc_by(count);
     }
 

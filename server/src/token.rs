@@ -110,6 +110,12 @@ pub fn generate_key_id() -> String {
     id
 }
 
+/// Whether `id` has the shape [`generate_key_id`] gives.
+pub fn looks_like_key_id(id: &str) -> bool {
+    id.strip_prefix("key_")
+        .is_some_and(|rest| rest.len() == 22 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 fn checksum(body: &str) -> String {
     let mut value = crc32fast::hash(body.as_bytes());
     let mut digits = [b'0'; CHECKSUM_LEN];

@@ -200,6 +200,66 @@ async fn bulk_revoke_by_label_prefix_stops_one_run_and_no_other(db: &TestDb) {
     );
 }
 
+async fn revoke_by_ids_stops_the_named_keys_and_no_other(db: &TestDb) {
+    let server = start_on(db).await;
+    let keys = [
+        stripe_key(&server, "batch-0", 5.0).await,
+        stripe_key(&server, "batch-1", 5.0).await,
+        stripe_key(&server, "batch-2", 5.0).await,
+    ];
+    // Held in the server's memory from here on.
+    for key in &keys {
+        assert_eq!(
+            send(
+                http()
+                    .get(format!("{}/stripe/v1/payment_intents", server.url()))
+                    .bearer_auth(token(key))
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    let revoke = |body: Value| {
+        let url = server.url();
+        async move { admin(&url, reqwest::Method::POST, "/v1/keys/revoke", Some(body)).await }
+    };
+    let named = json!({"ids": [keys[0]["id"], keys[1]["id"], "key_0000000000000000000000"]});
+    assert_eq!(revoke(named.clone()).await, (200, json!({"revoked": 2})));
+    assert_eq!(revoke(named).await, (200, json!({"revoked": 0})));
+    for key in &keys[..2] {
+        assert_eq!(view(&server, key).await["status"], "revoked");
+        let (status, body) = send(
+            http()
+                .get(format!("{}/stripe/v1/payment_intents", server.url()))
+                .bearer_auth(token(key)),
+        )
+        .await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("key_revoked")));
+    }
+    assert_eq!(view(&server, &keys[2]).await["status"], "active");
+
+    let too_many: Vec<String> = (0..1001).map(|i| format!("key_{i:022}")).collect();
+    for (body, field) in [
+        (json!({"ids": []}), Some("ids")),
+        (json!({"ids": too_many}), Some("ids")),
+        (json!({"ids": [1]}), Some("ids")),
+        (json!({"ids": ["../keys"]}), Some("ids")),
+        (json!({"ids": "key_0000000000000000000000"}), Some("ids")),
+        (
+            json!({"ids": [keys[2]["id"]], "label_prefix": "batch-"}),
+            None,
+        ),
+        (json!({}), Some("label_prefix")),
+    ] {
+        let (status, error) = revoke(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["code"], "invalid_request", "{body}: {error}");
+        assert_eq!(error["field"].as_str(), field, "{body}: {error}");
+    }
+    assert_eq!(view(&server, &keys[2]).await["status"], "active");
+}
+
 async fn list_filters_by_prefix_and_status_and_pages_with_a_cursor(db: &TestDb) {
     let server = start_on(db).await;
     for i in 0..5 {
@@ -280,6 +340,7 @@ on_both_stores!(
     admin_routes_need_the_admin_token,
     revoke_is_idempotent_and_unknown_ids_are_not_found,
     bulk_revoke_by_label_prefix_stops_one_run_and_no_other,
+    revoke_by_ids_stops_the_named_keys_and_no_other,
     list_filters_by_prefix_and_status_and_pages_with_a_cursor,
     healthz_and_metrics_answer,
 );

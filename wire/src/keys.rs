@@ -170,6 +170,17 @@ pub struct RevokeByLabelPrefix {
     pub label_prefix: String,
 }
 
+/// `POST /v1/keys/revoke` with ids: revokes many keys in one request (what the runtime sends when
+/// several keys are dropped at once). Ids unknown or already revoked are skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeByIds {
+    /// Key ids, at most [`MAX_REVOKE_IDS`].
+    pub ids: Vec<String>,
+}
+
+/// The most ids one `POST /v1/keys/revoke` may name.
+pub const MAX_REVOKE_IDS: usize = 1000;
+
 /// Answer to `POST /v1/keys/revoke`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokedCount {

@@ -26,8 +26,8 @@ mod pattern;
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ErrorBody, ErrorCode, ERROR_HEADER};
 pub use keys::{
-    CreateKeyRequest, Event, EventPage, IssuedKey, KeyPage, KeyStatus, KeyView,
-    RevokeByLabelPrefix, RevokedCount, ServerInfo, TokenPlacement, VendorInfo,
+    CreateKeyRequest, Event, EventPage, IssuedKey, KeyPage, KeyStatus, KeyView, RevokeByIds,
+    RevokeByLabelPrefix, RevokedCount, ServerInfo, TokenPlacement, VendorInfo, MAX_REVOKE_IDS,
 };
 pub use money::{Usd, UsdError};
 pub use path::PathError;

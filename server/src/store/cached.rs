@@ -261,6 +261,22 @@ impl Store for CachedStore {
         .await
     }
 
+    async fn revoke_ids(&self, ids: &[String], at: OffsetDateTime) -> Result<u64, StoreError> {
+        let (inner, cache, ids) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.cache),
+            ids.to_vec(),
+        );
+        detached(async move {
+            let revoked = inner.revoke_ids(&ids, at).await;
+            for id in &ids {
+                KeyCache::forget_id(&cache, id);
+            }
+            revoked
+        })
+        .await
+    }
+
     async fn revoke_by_label_prefix(
         &self,
         prefix: &str,

@@ -324,6 +324,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(i64, KeyRecord, DaySpend)>, StoreError>;
     /// Revokes one key.
     async fn revoke(&self, id: &str, at: OffsetDateTime) -> Result<Revoked, StoreError>;
+    /// Revokes the keys with these ids that are not revoked yet; returns how many. Unknown ids
+    /// are skipped.
+    async fn revoke_ids(&self, ids: &[String], at: OffsetDateTime) -> Result<u64, StoreError>;
     /// Revokes every unrevoked key whose label starts with `prefix`; returns how many.
     async fn revoke_by_label_prefix(
         &self,

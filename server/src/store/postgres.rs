@@ -312,6 +312,17 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn revoke_ids(&self, ids: &[String], at: OffsetDateTime) -> Result<u64, StoreError> {
+        let revoked = sqlx::query(
+            "UPDATE keys SET revoked_ms = $1 WHERE id = ANY($2) AND revoked_ms IS NULL",
+        )
+        .bind(to_ms(at))
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(revoked.rows_affected())
+    }
+
     async fn revoke_by_label_prefix(
         &self,
         prefix: &str,

@@ -486,6 +486,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn revoke_ids(&self, ids: &[String], at: OffsetDateTime) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.group
+            .write(move |conn| {
+                let mut revoke = conn.prepare_cached(
+                    "UPDATE keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
+                )?;
+                let mut revoked = 0;
+                for id in &ids {
+                    revoked += revoke.execute(params![to_ms(at), id])?;
+                }
+                Ok(u64::try_from(revoked).unwrap_or(u64::MAX))
+            })
+            .await
+    }
+
     async fn revoke_by_label_prefix(
         &self,
         prefix: &str,
