@@ -376,8 +376,8 @@ async fn revoke_many(
         }
         (Some(prefix), None) => {
             let prefix = match prefix {
-                Value::String(p) if !p.is_empty() => p,
                 // An empty prefix would revoke every key on the server: refuse rather than guess.
+                Value::String(p) if !p.is_empty() => label_prefix(p)?,
                 _ => {
                     return Err(ApiError::invalid_field(
                         "label_prefix",
@@ -404,6 +404,18 @@ async fn revoke_many(
     };
     app.metrics.keys_revoked(form, revoked);
     Ok(Json(RevokedCount { revoked }))
+}
+
+/// A label prefix as given, if a label could start with it (no label is longer or holds a
+/// control character, and a NUL would not even reach every database).
+fn label_prefix(prefix: &str) -> Result<&str, ApiError> {
+    if prefix.len() > MAX_LABEL_LEN || prefix.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            "label_prefix",
+            format!("`label_prefix` must be at most {MAX_LABEL_LEN} bytes of text without control characters"),
+        ));
+    }
+    Ok(prefix)
 }
 
 /// The `ids` of a revocation: a non-empty list of at most [`MAX_REVOKE_IDS`] strings, each
@@ -476,15 +488,16 @@ async fn list_keys(
         })?),
     };
     let limit = limit_param(&params, 100)?;
+    let prefix = match params.get("label_prefix").filter(|p| !p.is_empty()) {
+        Some(prefix) => Some(label_prefix(prefix)?.to_owned()),
+        None => None,
+    };
     let now = OffsetDateTime::now_utc();
     let rows = app
         .store
         .list_keys(
             &KeyQuery {
-                label_prefix: params
-                    .get("label_prefix")
-                    .filter(|p| !p.is_empty())
-                    .cloned(),
+                label_prefix: prefix,
                 status,
                 now: Some(now),
                 after,

@@ -124,10 +124,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Migrate { db } => {
             if !is_postgres_url(&db) {
-                return Err(format!(
-                    "migrate takes a postgres:// URL (a SQLite database is migrated by the \
-                     server that opens it), not {db:?}"
-                ));
+                return Err(
+                    "migrate takes a postgres:// URL (a SQLite database is migrated by \
+                            the server that opens it)"
+                        .to_owned(),
+                );
             }
             let store = PostgresStore::connect(&db, PoolSettings::default())
                 .await

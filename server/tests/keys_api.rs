@@ -193,10 +193,19 @@ async fn bulk_revoke_by_label_prefix_stops_one_run_and_no_other(db: &TestDb) {
     }
     assert_eq!(charge(&server, token(&other), 100).await.0, 200);
     assert_eq!(view(&server, &wildcard_looking).await["status"], "active");
-    let (status, error) = revoke(json!({"label_prefix": ""})).await;
+    for prefix in ["", "user-7/\u{0}", "user-7/\n"] {
+        let (status, error) = revoke(json!({ "label_prefix": prefix })).await;
+        assert_eq!(
+            (status, error["field"].as_str()),
+            (400, Some("label_prefix")),
+            "{prefix:?}: {error}"
+        );
+    }
+    let (status, error) = admin_get(&server, "/v1/keys?label_prefix=user-7%2F%00").await;
     assert_eq!(
         (status, error["field"].as_str()),
-        (400, Some("label_prefix"))
+        (400, Some("label_prefix")),
+        "{error}"
     );
 }
 

@@ -103,6 +103,30 @@ async fn a_key_revoked_through_one_server_is_refused_by_the_others_at_once() {
         return;
     };
     let servers = cluster(&db, 3).await;
+
+    // The control: with the trigger that pushes revocations off, B keeps serving from memory a
+    // key revoked through A. (So the measurement below measures the push, not a re-read.)
+    let mut inside = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("ALTER TABLE keys DISABLE TRIGGER keys_changed")
+        .execute(&mut inside)
+        .await
+        .unwrap();
+    let unpushed = stripe_key(&servers[0], "unpushed", 5.0).await;
+    assert_eq!(
+        list_intents(&servers[1].url(), token(&unpushed)).await.0,
+        200
+    );
+    assert_eq!(revoke(&servers[0], &unpushed).await, 204);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        list_intents(&servers[1].url(), token(&unpushed)).await.0,
+        200
+    );
+    sqlx::query("ALTER TABLE keys ENABLE TRIGGER keys_changed")
+        .execute(&mut inside)
+        .await
+        .unwrap();
+
     let mut lags = Vec::new();
     for trial in 0..30 {
         let key = stripe_key(&servers[0], &format!("revoked-{trial}"), 5.0).await;
@@ -140,6 +164,62 @@ async fn a_key_revoked_through_one_server_is_refused_by_the_others_at_once() {
     // The target is 100 ms; the bound is generous because this machine is shared.
     assert!(percentile(0.5) < Duration::from_millis(100), "{lags:?}");
     assert!(lags[lags.len() - 1] < Duration::from_secs(1), "{lags:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_billed_past_its_cap_through_one_server_is_stopped_on_the_others() {
+    let Some(db) =
+        TestDb::postgres("a_key_billed_past_its_cap_through_one_server_is_stopped_on_the_others")
+            .await
+    else {
+        return;
+    };
+    let servers = cluster(&db, 2).await;
+    let key = issue(
+        &servers[0],
+        json!({"label": "billed-past", "vendor": "openai", "daily_usd_cap": 0.05,
+               "expires_in": "5m", "allowed_endpoints": ["/v1/**"]}),
+    )
+    .await;
+    let models = |server: &Server| {
+        http()
+            .get(format!("{}/openai/v1/models", server.url()))
+            .bearer_auth(token(&key))
+    };
+    assert_eq!(
+        send(models(&servers[1])).await.0,
+        200,
+        "B holds the key now"
+    );
+    // Through A, a call the vendor bills far above what was reserved for it.
+    let (status, answer) = send(
+        http()
+            .post(format!("{}/openai/v1/chat/completions", servers[0].url()))
+            .bearer_auth(token(&key))
+            .header("content-type", "application/json")
+            .header("x-sandbox-input-tokens", "100000")
+            .body(
+                json!({"model": "gpt-4o", "max_tokens": 4,
+                       "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+            ),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let started = Instant::now();
+    loop {
+        let (status, refused) = send(models(&servers[1])).await;
+        if status == 429 {
+            assert_eq!(refused["code"], "cap_exhausted", "{refused}");
+            break;
+        }
+        assert_eq!(status, 200, "{refused}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B still serves a key billed past its cap through A"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Outcomes of the load sent during the outage test.

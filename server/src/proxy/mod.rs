@@ -178,7 +178,6 @@ async fn reserve(
 ) -> Result<forward::Reservation, Refusal> {
     let call = NewCall {
         key_id: key.id.clone(),
-        cap: key.daily_cap,
         at: now,
         method: request.method.to_string(),
         path: request.path.clone(),
@@ -213,8 +212,8 @@ async fn reserve(
     })??;
     match opened {
         OpenedCall::Opened { call_id, reserved } => Ok(forward::Reservation { call_id, reserved }),
-        OpenedCall::CapExhausted(spend) => Err(Refusal::CapExhausted {
-            cap: key.daily_cap,
+        OpenedCall::CapExhausted { cap, spend } => Err(Refusal::CapExhausted {
+            cap,
             spend,
             requested: estimate.max_cost,
         }),

@@ -33,7 +33,7 @@ pub enum Database {
     /// SQLite, held by this server alone.
     Sqlite(SqliteStore),
     /// PostgreSQL, with the task that follows other servers' changes once serving.
-    Postgres(PostgresStore, Option<ChangeFollower>),
+    Postgres(Box<PostgresStore>, Option<ChangeFollower>),
 }
 
 impl Database {
@@ -45,6 +45,12 @@ impl Database {
         pool: PoolSettings,
         migrate: bool,
     ) -> Result<Database, StoreError> {
+        if let Some((scheme, _)) = url.split_once("://") {
+            if !is_postgres_url(url) && !scheme.eq_ignore_ascii_case("sqlite") {
+                // Named by its scheme only: the rest may hold a password.
+                return Err(StoreError::UnknownDatabase(scheme.to_owned()));
+            }
+        }
         if is_postgres_url(url) {
             let store = PostgresStore::connect(url, pool).await?;
             if migrate {
@@ -52,7 +58,7 @@ impl Database {
             } else {
                 store.check_schema().await?;
             }
-            Ok(Database::Postgres(store, None))
+            Ok(Database::Postgres(Box::new(store), None))
         } else {
             Ok(Database::Sqlite(SqliteStore::open(url, sync).await?))
         }
@@ -64,7 +70,8 @@ impl Database {
         match self {
             Database::Sqlite(store) => Arc::new(CachedStore::new(Arc::new(store.clone()))),
             Database::Postgres(store, follower) => {
-                let (cached, invalidation) = CachedStore::shared(Arc::new(store.clone()));
+                let (cached, invalidation) =
+                    CachedStore::shared(Arc::new(PostgresStore::clone(store)));
                 if let Some(previous) = follower.replace(store.follow_changes(invalidation)) {
                     previous.stop();
                 }
@@ -105,6 +112,9 @@ pub enum StoreError {
          `vault-key-server migrate --db …` first"
     )]
     SchemaBehind(Vec<i64>),
+    /// The database URL names neither SQLite nor PostgreSQL.
+    #[error("`{0}://` is not a database this server can use: give sqlite://… or postgres://…")]
+    UnknownDatabase(String),
     /// Another server holds the SQLite database.
     #[error(
         "{} is in use by another vault-key server; a SQLite database serves one server at a \
@@ -193,10 +203,8 @@ pub struct KeyQuery {
 /// A call the proxy is about to forward.
 #[derive(Debug, Clone)]
 pub struct NewCall {
-    /// The key making it.
+    /// The key making it (whose cap is read with its state, in the reserving transaction).
     pub key_id: String,
-    /// Its daily cap.
-    pub cap: Usd,
     /// Arrival time; its UTC day is the day the spend counts against.
     pub at: OffsetDateTime,
     /// HTTP method.
@@ -225,7 +233,12 @@ pub enum OpenedCall {
         reserved: Usd,
     },
     /// Reserving would exceed the cap; nothing was written.
-    CapExhausted(DaySpend),
+    CapExhausted {
+        /// The key's cap, as the reservation read it.
+        cap: Usd,
+        /// The day's spend so far.
+        spend: DaySpend,
+    },
     /// The key was revoked before the reservation; nothing was written.
     KeyRevoked,
     /// The key expired before the reservation; nothing was written.

@@ -8,20 +8,24 @@
 //! Each server keeps keys in memory ([`super::CachedStore`]) and learns of changes made by the
 //! others through `LISTEN vault_key_keys`: a trigger notifies a key's id whenever what the key
 //! allows changes, and a settlement billed above its reservation notifies too. While the
-//! listening connection is down, or does not answer its heartbeat query in time, the cache is
-//! distrusted — emptied, and nothing kept — until the connection is back and listening again;
-//! everything read from then on is newer than anything missed.
+//! listening connection is down, or its heartbeat (a notification the server sends itself) does
+//! not come back in time, the cache is distrusted — emptied, and nothing kept — until the
+//! connection is back and listening again; everything read from then on is newer than anything
+//! missed.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 use time::{Date, OffsetDateTime};
 use tokio::task::JoinHandle;
 
 use super::rows::{
-    calls_of_key, encoded_policy, key_with_spend_on_day, list_keys_query, micros,
+    calls_of_key, encoded_policy, key_state, key_with_spend_on_day, list_keys_query, micros,
     replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow, IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
@@ -36,10 +40,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// The channel a key's id is notified on when it changes.
 const KEYS_CHANNEL: &str = "vault_key_keys";
 
-/// How often the listening connection proves it is alive, by answering a query.
+/// How often the listening connection proves it still delivers notifications.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
-/// How long a heartbeat may wait for its answer before the connection is taken for lost.
+/// How long a heartbeat may take to come back before the connection is taken for lost.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Waits between attempts to listen again, doubling from the first to the last.
@@ -65,10 +69,74 @@ impl Default for PoolSettings {
     }
 }
 
+/// Settings every connection starts with, whatever the database's or role's defaults:
+/// - a reservation is durable when its commit returns (`synchronous_commit = on`);
+/// - no connection holds a key's row lock for long: a server that stops mid-transaction (paused,
+///   cut off) has its transaction ended after 5 s idle, a statement waits at most 2 s for a lock
+///   and runs at most 5 s, and the database probes a silent client's socket after 10 s;
+/// - each server's sessions are named in `pg_stat_activity`.
+const SESSION_SETTINGS: [(&str, &str); 8] = [
+    ("synchronous_commit", "on"),
+    ("idle_in_transaction_session_timeout", "5s"),
+    ("lock_timeout", "2s"),
+    ("statement_timeout", "5s"),
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("application_name", "vault-key-server"),
+];
+
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    key_queues: KeyQueues,
+    /// How to connect (for the listening connection, which is not the pool's).
+    options: PgConnectOptions,
+    settings: PoolSettings,
+}
+
+/// The writes that lock a key's row (reservations, counted calls) wait for their turn here, in
+/// the server, one per key at a time: otherwise each would wait on the row lock in the database
+/// holding one of the pool's few connections, and one key flooded with calls would take every
+/// connection from every other key.
+#[derive(Debug, Clone, Default)]
+struct KeyQueues(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// A key's turn; the next writer of the key goes once it is dropped.
+struct KeyTurn {
+    queues: KeyQueues,
+    key_id: String,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn turn(&self, key_id: &str) -> KeyTurn {
+        let queue = Arc::clone(self.lock().entry(key_id.to_owned()).or_default());
+        KeyTurn {
+            queues: self.clone(),
+            key_id: key_id.to_owned(),
+            turn: Some(queue.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for KeyTurn {
+    fn drop(&mut self) {
+        let mut queues = self.queues.lock();
+        // Held by the map and by this turn only: nobody waits, the queue goes.
+        if queues
+            .get(&self.key_id)
+            .is_some_and(|queue| Arc::strong_count(queue) == 2)
+        {
+            queues.remove(&self.key_id);
+        }
+        drop(self.turn.take());
+    }
 }
 
 /// The task that follows other servers' changes; it ends when the store's pool is closed.
@@ -86,12 +154,18 @@ impl PostgresStore {
     /// Connects to the database named by a `postgres://` URL. The schema is not touched: see
     /// [`PostgresStore::migrate`].
     pub async fn connect(url: &str, settings: PoolSettings) -> Result<PostgresStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.options(SESSION_SETTINGS);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect(url)
+            .connect_with(options.clone())
             .await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            key_queues: KeyQueues::default(),
+            options,
+            settings,
+        })
     }
 
     /// Brings the schema up to date. Safe to run from several servers starting at once: the
@@ -129,7 +203,8 @@ impl PostgresStore {
     pub fn follow_changes(&self, invalidation: KeyInvalidation) -> ChangeFollower {
         invalidation.distrust();
         ChangeFollower(tokio::spawn(follow_changes(
-            self.pool.clone(),
+            self.options.clone(),
+            self.settings.acquire_timeout,
             invalidation,
         )))
     }
@@ -140,31 +215,59 @@ impl PostgresStore {
     }
 }
 
-/// Listens, and listens again whenever the connection is lost, until the pool is closed.
-async fn follow_changes(pool: PgPool, invalidation: KeyInvalidation) {
+/// Distrusts the cache when dropped: if following changes ends in any way (a panic included),
+/// the cache must not go on being trusted.
+struct DistrustOnDrop(KeyInvalidation);
+
+impl Drop for DistrustOnDrop {
+    fn drop(&mut self) {
+        self.0.distrust();
+    }
+}
+
+/// Listens, and listens again whenever the connection is lost, until stopped
+/// ([`ChangeFollower::stop`]).
+async fn follow_changes(
+    options: PgConnectOptions,
+    acquire_timeout: Duration,
+    invalidation: KeyInvalidation,
+) {
+    let invalidation = DistrustOnDrop(invalidation);
+    let invalidation = &invalidation.0;
+    // Each server hears its own heartbeats only.
+    let heartbeat_channel = format!("vault_key_heartbeat_{:016x}", rand::random::<u64>());
     let mut wait = RELISTEN_AFTER.0;
-    while !pool.is_closed() {
-        match listen(&pool).await {
+    loop {
+        // A pool of one connection per attempt, apart from the requests' pool: the listener
+        // never takes a request's connection, and a lost one (whose goodbye may hang on a dead
+        // socket) never keeps the next from connecting.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options.clone());
+        match listen(&pool, &heartbeat_channel).await {
             Ok(listener) => {
-                wait = RELISTEN_AFTER.0;
                 // Everything read from now on is newer than any change missed before.
                 invalidation.trust();
                 tracing::info!("following key changes made by other servers");
-                let lost = follow(listener, &invalidation).await;
+                let listening = Instant::now();
+                let lost = follow(listener, &heartbeat_channel, invalidation).await;
                 invalidation.distrust();
-                if pool.is_closed() {
-                    return;
-                }
                 tracing::warn!(
                     reason = %lost,
                     "stopped hearing key changes made by other servers; keys are read from the \
                      database until listening again"
                 );
+                // Listen again at once after a connection that lasted; back off from one that
+                // keeps failing as soon as it is made.
+                if listening.elapsed() > RELISTEN_AFTER.1 {
+                    wait = RELISTEN_AFTER.0;
+                } else {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RELISTEN_AFTER.1);
+                }
             }
             Err(error) => {
-                if pool.is_closed() {
-                    return;
-                }
                 tracing::warn!(%error, retry_in = ?wait, "cannot listen for key changes");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(RELISTEN_AFTER.1);
@@ -173,25 +276,45 @@ async fn follow_changes(pool: PgPool, invalidation: KeyInvalidation) {
     }
 }
 
-async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+async fn listen(pool: &PgPool, heartbeat_channel: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     // A lost connection is this task's to notice and to reopen (the cache is distrusted in
     // between), not the listener's to mend silently.
     listener.eager_reconnect(false);
-    listener.listen(KEYS_CHANNEL).await?;
+    listener
+        .listen_all([KEYS_CHANNEL, heartbeat_channel])
+        .await?;
     Ok(listener)
 }
 
 /// Hands every notified key to `invalidation` until the connection is lost; returns why.
-async fn follow(mut listener: PgListener, invalidation: &KeyInvalidation) -> String {
+///
+/// The connection proves it still delivers notifications with a heartbeat: a notification on a
+/// channel of this server's own, which must come back on it in time. An answered query would
+/// not be proof enough: a connection that died silently closes no socket, and a pooling proxy
+/// between the server and PostgreSQL can answer queries on a session that no longer listens.
+async fn follow(
+    mut listener: PgListener,
+    heartbeat_channel: &str,
+    invalidation: &KeyInvalidation,
+) -> String {
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence: u64 = 0;
+    // The heartbeat awaited, and when it was sent.
+    let mut awaited: Option<(String, Instant)> = None;
     loop {
         let heartbeat_due = tokio::select! {
             // Cancel-safe: the listener consumes a message only once it has all of it.
             received = listener.try_recv() => match received {
-                Ok(Some(notification)) => {
+                Ok(Some(notification)) if notification.channel() == KEYS_CHANNEL => {
                     invalidation.forget(notification.payload());
+                    false
+                }
+                Ok(Some(notification)) => {
+                    if awaited.as_ref().is_some_and(|(beat, _)| beat == notification.payload()) {
+                        awaited = None;
+                    }
                     false
                 }
                 Ok(None) => return "the listening connection was closed".to_owned(),
@@ -199,18 +322,31 @@ async fn follow(mut listener: PgListener, invalidation: &KeyInvalidation) -> Str
             },
             _ = beat.tick() => true,
         };
-        if heartbeat_due {
-            // A connection that died silently (a network partition) closes no socket: only an
-            // answer proves it still delivers. Notifications that arrive meanwhile are buffered.
-            let answered = tokio::time::timeout(
-                HEARTBEAT_TIMEOUT,
-                sqlx::query("SELECT 1").execute(&mut listener),
-            )
-            .await;
-            match answered {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => return format!("the heartbeat failed: {error}"),
-                Err(_) => return "the heartbeat got no answer in time".to_owned(),
+        if !heartbeat_due {
+            continue;
+        }
+        match &awaited {
+            Some((_, sent)) if sent.elapsed() > HEARTBEAT_TIMEOUT => {
+                return "a heartbeat did not come back in time".to_owned();
+            }
+            Some(_) => {}
+            None => {
+                sequence += 1;
+                let payload = sequence.to_string();
+                // Sent on the listening connection itself: no request's connection is taken.
+                let sent = tokio::time::timeout(
+                    HEARTBEAT_TIMEOUT,
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(heartbeat_channel)
+                        .bind(&payload)
+                        .execute(&mut listener),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(_)) => awaited = Some((payload, Instant::now())),
+                    Ok(Err(error)) => return format!("cannot send a heartbeat: {error}"),
+                    Err(_) => return "a heartbeat could not be sent in time".to_owned(),
+                }
             }
         }
     }
@@ -340,6 +476,7 @@ impl Store for PostgresStore {
     }
 
     async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError> {
+        let _turn = self.key_queues.turn(&call.key_id).await;
         let mut tx = self.pool.begin().await?;
         let opened = open_call(&mut tx, call).await?;
         if matches!(opened, OpenedCall::Opened { .. }) {
@@ -376,6 +513,7 @@ impl Store for PostgresStore {
         path: &str,
         upstream_status: Option<u16>,
     ) -> Result<(), StoreError> {
+        let _turn = self.key_queues.turn(key_id).await;
         sqlx::query(INSERT_COUNTED_CALL)
             .bind(key_id)
             .bind(utc_day(at).to_string())
@@ -452,16 +590,17 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
     // row) committed before is seen here, and one made meanwhile waits until the money has moved.
     // Every reservation of the key queues here too, which is what makes the idempotency check
     // below see the call before it.
-    let state: Option<(Option<i64>, i64)> =
-        sqlx::query_as("SELECT revoked_ms, expires_ms FROM keys WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(&call.key_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    match state {
-        Some((Some(_), _)) | None => return Ok(OpenedCall::KeyRevoked),
-        Some((None, expires_ms)) if at_ms >= expires_ms => return Ok(OpenedCall::KeyExpired),
-        Some(_) => {}
-    }
+    let state: Option<(Option<i64>, i64, i64)> = sqlx::query_as(
+        "SELECT revoked_ms, expires_ms, daily_cap_micros FROM keys WHERE id = $1 \
+         FOR NO KEY UPDATE",
+    )
+    .bind(&call.key_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let cap = match key_state(state, at_ms) {
+        Ok(cap) => cap,
+        Err(refused) => return Ok(refused),
+    };
     if let Some(object) = &call.acts_on {
         let owned: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM owned_objects WHERE key_id = $1 AND object_id = $2 \
@@ -507,7 +646,7 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
         .bind(micros(reserve))
         .bind(&call.key_id)
         .bind(&day)
-        .bind(micros(call.cap))
+        .bind(cap)
         .execute(&mut *conn)
         .await?;
         if reserved.rows_affected() == 0 {
@@ -524,7 +663,10 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
                     reserved: usd(reserved),
                 })
                 .unwrap_or_default();
-            return Ok(OpenedCall::CapExhausted(spend));
+            return Ok(OpenedCall::CapExhausted {
+                cap: usd(cap),
+                spend,
+            });
         }
     }
     // Only a reserving call can be replayed: a replay records no idempotency key of its own.
@@ -614,7 +756,38 @@ async fn settle_call(
     Ok(Some(settled))
 }
 
-/// Whether a database URL names PostgreSQL.
+/// Whether a database URL names PostgreSQL (its scheme in any case, as the driver takes it).
 pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One writer per key at a time, other keys unhindered, and no queue left behind.
+    #[tokio::test]
+    async fn writers_of_one_key_take_turns_and_leave_no_queue() {
+        let queues = KeyQueues::default();
+        let first = queues.turn("key_a").await;
+        let other_key = tokio::time::timeout(Duration::from_secs(1), queues.turn("key_b")).await;
+        assert!(other_key.is_ok(), "another key waits for nobody");
+        drop(other_key);
+        let second = tokio::spawn({
+            let queues = queues.clone();
+            async move { queues.turn("key_a").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "the same key waits for its turn");
+        drop(first);
+        let second = second.await.unwrap();
+        assert_eq!(
+            queues.lock().len(),
+            1,
+            "key_a's queue stays while it is used"
+        );
+        drop(second);
+        assert!(queues.lock().is_empty());
+    }
 }

@@ -182,6 +182,20 @@ where
     sql
 }
 
+/// A key's `(revoked_ms, expires_ms, daily_cap_micros)` as the reserving transaction reads it:
+/// its cap, or why no call may reserve. The cap is the stored one, not the one the proxy read
+/// earlier, so a cap lowered meanwhile holds at once.
+pub(super) fn key_state(
+    state: Option<(Option<i64>, i64, i64)>,
+    at_ms: i64,
+) -> Result<i64, OpenedCall> {
+    match state {
+        Some((Some(_), _, _)) | None => Err(OpenedCall::KeyRevoked),
+        Some((None, expires_ms, _)) if at_ms >= expires_ms => Err(OpenedCall::KeyExpired),
+        Some((None, _, cap)) => Ok(cap),
+    }
+}
+
 /// The latest reserving call under the same idempotency key (and request fingerprint) within
 /// [`IDEMPOTENCY_WINDOW_MS`]: what it settled to, and until when it is in flight.
 pub(super) type EarlierClaim = Option<(Option<i64>, Option<i64>)>;

@@ -23,7 +23,7 @@ use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{
-    calls_of_key, encoded_policy, key_with_spend_on_day, list_keys_query, micros,
+    calls_of_key, encoded_policy, key_state, key_with_spend_on_day, list_keys_query, micros,
     replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow, IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
@@ -647,15 +647,16 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
     let day = utc_day(call.at).to_string();
     let at_ms = to_ms(call.at);
     // Nothing can revoke the key between this check and the money moving.
-    let state: Option<(Option<i64>, i64)> = conn
-        .prepare_cached("SELECT revoked_ms, expires_ms FROM keys WHERE id = ?")?
-        .query_row([&call.key_id], |row| Ok((row.get(0)?, row.get(1)?)))
+    let state: Option<(Option<i64>, i64, i64)> = conn
+        .prepare_cached("SELECT revoked_ms, expires_ms, daily_cap_micros FROM keys WHERE id = ?")?
+        .query_row([&call.key_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
-    match state {
-        Some((Some(_), _)) | None => return Ok(OpenedCall::KeyRevoked),
-        Some((None, expires_ms)) if at_ms >= expires_ms => return Ok(OpenedCall::KeyExpired),
-        Some(_) => {}
-    }
+    let cap = match key_state(state, at_ms) {
+        Ok(cap) => cap,
+        Err(refused) => return Ok(refused),
+    };
     if let Some(object) = &call.acts_on {
         let owned = conn
             .prepare_cached(
@@ -704,7 +705,7 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
                  ON CONFLICT (key_id, day) DO UPDATE SET reserved_micros = reserved_micros + ?1 \
                  WHERE spent_micros + reserved_micros + ?1 <= ?4",
             )?
-            .execute(params![micros(reserve), call.key_id, day, micros(call.cap)])?;
+            .execute(params![micros(reserve), call.key_id, day, cap])?;
         if reserved == 0 {
             let spend = conn
                 .prepare_cached(
@@ -718,7 +719,10 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
                 })
                 .optional()?
                 .unwrap_or_default();
-            return Ok(OpenedCall::CapExhausted(spend));
+            return Ok(OpenedCall::CapExhausted {
+                cap: usd(cap),
+                spend,
+            });
         }
     }
     // Only a reserving call can be replayed: a replay records no idempotency key of its own.
