@@ -222,6 +222,122 @@ async fn a_key_billed_past_its_cap_through_one_server_is_stopped_on_the_others()
     }
 }
 
+/// A TCP relay to PostgreSQL that can go silent without closing anything: a network partition,
+/// as a server's connections see it.
+struct Partition {
+    port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Partition {
+    async fn start(upstream: std::net::SocketAddr) -> Partition {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relay_silent = std::sync::Arc::clone(&silent);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
+                    .map(|(r, w)| {
+                        (
+                            Box::new(r) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                            w,
+                        )
+                    })
+                {
+                    let silent = std::sync::Arc::clone(&relay_silent);
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buffer = vec![0; 16 * 1024];
+                        loop {
+                            let Ok(n) = from.read(&mut buffer).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            // Held, not dropped: the bytes go on once the partition heals.
+                            while silent.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            if to.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Partition { port, silent }
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_cut_off_silently_stops_serving_keys_from_memory() {
+    let Some(db) =
+        TestDb::postgres("a_server_cut_off_silently_stops_serving_keys_from_memory").await
+    else {
+        return;
+    };
+    let a = start_on(&db).await;
+    let mut through_relay = url::Url::parse(db.url()).unwrap();
+    let upstream =
+        std::net::SocketAddr::from(([127, 0, 0, 1], through_relay.port().unwrap_or(5432)));
+    let partition = Partition::start(upstream).await;
+    through_relay.set_port(Some(partition.port)).unwrap();
+    let b = start_with(|config| config.database_url = through_relay.to_string()).await;
+    key_cache_in_use(&b.url()).await;
+    let key = stripe_key(&a, "partitioned", 5.0).await;
+    assert_eq!(list_intents(&b.url(), token(&key)).await.0, 200); // in B's memory
+
+    // B's connections go silent (nothing closes); the key is revoked through A meanwhile.
+    partition.set_silent(true);
+    let cut_off = Instant::now();
+    assert_eq!(revoke(&a, &key).await, 204);
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // By now B's heartbeat has failed: B no longer serves the key from memory (and cannot read
+    // it from the database, so the call waits or fails, but is not answered 200).
+    let attempt = http()
+        .get(format!("{}/stripe/v1/payment_intents", b.url()))
+        .bearer_auth(token(&key))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    assert!(
+        !matches!(&attempt, Ok(response) if response.status() == 200),
+        "B served a revoked key from memory {:?} after its connections went silent",
+        cut_off.elapsed()
+    );
+
+    // The partition heals: B listens again and refuses the key.
+    partition.set_silent(false);
+    let healed = Instant::now();
+    loop {
+        let (status, code) = list_intents(&b.url(), token(&key)).await;
+        if status == 401 {
+            assert_eq!(code, "key_revoked");
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(15),
+            "B answers {status} {code} 15 s after the partition healed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    key_cache_in_use(&b.url()).await;
+}
+
 /// Outcomes of the load sent during the outage test.
 #[derive(Debug, Default)]
 struct Outcomes {
