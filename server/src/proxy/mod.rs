@@ -28,7 +28,7 @@ use vault_key_wire::Usd;
 use crate::app::App;
 use crate::meter::{Estimate, ForwardRequest, Settlement};
 use crate::policy;
-use crate::store::{utc_day, DeniedCall, NewCall, OpenedCall, Store, StoreError};
+use crate::store::{utc_day, within_deadline, DeniedCall, NewCall, OpenedCall, Store, StoreError};
 use crate::token::{self, TokenHash};
 use crate::vendor::ErrorEnvelope;
 
@@ -90,14 +90,12 @@ async fn proxy(
     }
     let route_vendor = app.vendors.get(vendor_name);
     let token = read::presented_token(&parts.headers, route_vendor.map(|v| &v.vendor.auth))?;
-    let (key, spend) = app
-        .store
-        .key_by_token(
-            &TokenHash::of(secrecy::ExposeSecret::expose_secret(&token)),
-            utc_day(arrived),
-        )
-        .await?
-        .ok_or(Refusal::InvalidKey("unknown vault token"))?;
+    let (key, spend) = within_deadline(app.store.key_by_token(
+        &TokenHash::of(secrecy::ExposeSecret::expose_secret(&token)),
+        utc_day(arrived),
+    ))
+    .await?
+    .ok_or(Refusal::InvalidKey("unknown vault token"))?;
     drop(token);
     *key_id = Some(key.id.clone());
     policy::check_state(&key, arrived)?;
@@ -133,9 +131,7 @@ async fn proxy(
     } else {
         let spend = if waited_for_body {
             // Time passed while the body arrived: the key may have been revoked or expired since.
-            let (key, spend) = app
-                .store
-                .key(&key.id, utc_day(now))
+            let (key, spend) = within_deadline(app.store.key(&key.id, utc_day(now)))
                 .await?
                 .ok_or(Refusal::KeyRevoked)?;
             policy::check_state(&key, now)?;
@@ -205,11 +201,14 @@ async fn reserve(
             }
         }
     });
-    let opened = opened.await.map_err(|_| {
-        Refusal::from(StoreError::Write(
-            "the reservation did not finish".to_owned(),
-        ))
-    })??;
+    // Past the deadline the reservation is given up here; if it commits later, the task above
+    // finds nobody to forward it and releases it.
+    let opened = within_deadline(async {
+        opened
+            .await
+            .map_err(|_| StoreError::Write("the reservation did not finish".to_owned()))?
+    })
+    .await?;
     match opened {
         OpenedCall::Opened { call_id, reserved } => Ok(forward::Reservation { call_id, reserved }),
         OpenedCall::CapExhausted { cap, spend } => Err(Refusal::CapExhausted {

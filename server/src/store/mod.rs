@@ -26,6 +26,20 @@ pub use cached::{CachedStore, KeyInvalidation};
 pub use postgres::{is_postgres_url, ChangeFollower, PoolSettings, PostgresStore};
 pub use sqlite::{SqliteStore, SyncMode};
 
+/// The longest a proxied call waits for the store to look its key up or reserve its cost before
+/// it is answered `503 store_unavailable`: a connection whose database fell silent would
+/// otherwise hold the call until TCP gives up, minutes later.
+pub const STORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a store operation under [`STORE_DEADLINE`].
+pub async fn within_deadline<T>(
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STORE_DEADLINE, operation)
+        .await
+        .map_err(|_| StoreError::TimedOut)?
+}
+
 /// The database a server runs on, chosen by its URL: `postgres://…` (shared by several servers)
 /// or `sqlite://…` / `sqlite::memory:` (one server).
 #[derive(Debug)]
@@ -112,6 +126,10 @@ pub enum StoreError {
          `vault-key-server migrate --db …` first"
     )]
     SchemaBehind(Vec<i64>),
+    /// The store did not answer within [`STORE_DEADLINE`] (a database cut off without closing
+    /// its connections, or one overloaded).
+    #[error("the key store did not answer within {} s", STORE_DEADLINE.as_secs())]
+    TimedOut,
     /// The database URL names neither SQLite nor PostgreSQL.
     #[error("`{0}://` is not a database this server can use: give sqlite://… or postgres://…")]
     UnknownDatabase(String),
