@@ -102,7 +102,7 @@ async fn create_key(
     };
     let spec = validate_new_key(&app, &request)?;
     let vendor_placement = app.vendors[&spec.vendor].vendor.auth.placement();
-    let now = OffsetDateTime::now_utc();
+    let now = app.clock.now();
     let (token, token_hash) = token::generate();
     let key = KeyRecord {
         id: token::generate_key_id(),
@@ -329,7 +329,7 @@ async fn get_key(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let now = OffsetDateTime::now_utc();
+    let now = app.clock.now();
     let (key, spend) = app
         .store
         .key(&id, utc_day(now))
@@ -343,7 +343,7 @@ async fn revoke_key(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match app.store.revoke(&id, OffsetDateTime::now_utc()).await? {
+    match app.store.revoke(&id, app.clock.now()).await? {
         Revoked::Now => {
             app.metrics.keys_revoked("one", 1);
             tracing::info!(key_id = %id, "key revoked");
@@ -367,7 +367,7 @@ async fn revoke_many(
             "the body must be a JSON object: {\"label_prefix\": \"…\"} or {\"ids\": [\"key_…\"]}",
         )),
     };
-    let now = OffsetDateTime::now_utc();
+    let now = app.clock.now();
     let (form, revoked) = match (request.get("label_prefix"), request.get("ids")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_request(
@@ -492,7 +492,7 @@ async fn list_keys(
         Some(prefix) => Some(label_prefix(prefix)?.to_owned()),
         None => None,
     };
-    let now = OffsetDateTime::now_utc();
+    let now = app.clock.now();
     let rows = app
         .store
         .list_keys(
@@ -523,7 +523,7 @@ async fn key_events(
     RawQuery(query): RawQuery,
 ) -> Result<Json<EventPage>, ApiError> {
     let limit = limit_param(&query_pairs(query.as_deref()), MAX_PAGE)?;
-    let now = OffsetDateTime::now_utc();
+    let now = app.clock.now();
     if app.store.key(&id, utc_day(now)).await?.is_none() {
         return Err(not_found());
     }
@@ -540,6 +540,7 @@ async fn key_events(
             reserved_usd: call.reserved,
             settled_usd: call.settled,
             denied: call.denied,
+            reconciled: call.reconciled,
         })
         .collect();
     Ok(Json(EventPage { events }))
@@ -576,7 +577,7 @@ async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let counts = app.store.key_counts(OffsetDateTime::now_utc()).await?;
+    let counts = app.store.key_counts(app.clock.now()).await?;
     Ok((
         [(
             http::header::CONTENT_TYPE,

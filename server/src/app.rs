@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::store::CachedStore;
 use crate::token::TokenHash;
@@ -43,6 +44,8 @@ pub struct App {
     pub max_body_bytes: usize,
     /// Largest total of request header bytes.
     pub max_header_bytes: usize,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for App {

@@ -5,6 +5,8 @@
 //! upstream_timeout = "60s"   # time to the vendor's response headers
 //! max_body_bytes = 10485760
 //! body_timeout = "30s"       # time for a proxied request's whole body to arrive
+//! reconcile_after = "1h"     # a reservation whose outcome stayed unknown this long is settled
+//!                            # to its reserved amount
 //!
 //! [vendors.stripe]           # built in; everything optional
 //! base_url = "https://api.stripe.com"
@@ -23,6 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -31,6 +34,7 @@ use serde::Deserialize;
 use url::Url;
 use vault_key_wire::{parse_duration, Usd};
 
+use crate::clock::{Clock, SystemClock};
 use crate::meter::llm::ModelPrice;
 use crate::meter::{AnthropicMeter, Meter, OpenAiMeter, PriceTable, StripeMeter};
 use crate::store::{PoolSettings, SyncMode};
@@ -69,6 +73,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest sum of request header bytes.
     pub max_header_bytes: usize,
+    /// How old a call whose outcome stayed unknown (the vendor never answered, the server died
+    /// mid-call) must be before it is settled to what it reserved, and recorded as reconciled.
+    pub reconcile_after: Duration,
+    /// How often reservations are checked for that.
+    pub reconcile_every: Duration,
+    /// Where the server reads the time (a [`crate::clock::ManualClock`] in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Why the configuration cannot start a server.
@@ -106,6 +117,7 @@ pub struct ConfigFile {
     upstream_timeout: Option<String>,
     body_timeout: Option<String>,
     max_body_bytes: Option<usize>,
+    reconcile_after: Option<String>,
     #[serde(default)]
     vendors: BTreeMap<String, VendorFile>,
 }
@@ -177,6 +189,9 @@ impl ServerConfig {
             body_timeout: Duration::from_secs(30),
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
+            reconcile_after: Duration::from_secs(3600),
+            reconcile_every: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -208,6 +223,9 @@ impl ServerConfig {
         }
         if let Some(max) = file.max_body_bytes {
             self.max_body_bytes = max;
+        }
+        if let Some(after) = &file.reconcile_after {
+            self.reconcile_after = duration_setting("reconcile_after", after)?;
         }
         self.vendors.clear();
         let default_file = VendorFile::default();

@@ -22,6 +22,7 @@
 
 mod api;
 mod app;
+pub mod clock;
 pub mod config;
 mod error;
 pub mod meter;
@@ -75,6 +76,7 @@ pub struct Server {
     store: Database,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    reconciler: JoinHandle<()>,
 }
 
 impl Server {
@@ -123,7 +125,7 @@ impl Server {
             .connect_timeout(config.connect_timeout)
             .build()?;
         let app = Arc::new(App {
-            store: store.serve(),
+            store: store.serve(Arc::clone(&config.clock)),
             vendors,
             admin_token: app::admin_token_hash(&config.admin_token),
             metrics: metrics::Metrics::default(),
@@ -133,7 +135,13 @@ impl Server {
             body_timeout: config.body_timeout,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
+            clock: Arc::clone(&config.clock),
         });
+        let reconciler = tokio::spawn(reconcile_unknown_calls(
+            Arc::clone(&app),
+            config.reconcile_after,
+            config.reconcile_every,
+        ));
         let router = router(app);
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -152,6 +160,7 @@ impl Server {
             store,
             shutdown,
             task,
+            reconciler,
         })
     }
 
@@ -178,6 +187,7 @@ impl Server {
             Err(error) => tracing::error!(%error, "server task failed"),
             Ok(Ok(())) => {}
         }
+        self.reconciler.abort();
         self.store.close().await;
     }
 
@@ -186,6 +196,32 @@ impl Server {
         shutdown_signal().await;
         tracing::info!("shutting down");
         self.shutdown().await;
+    }
+}
+
+/// Settles, every `every`, the calls older than `after` whose outcome never became known (the
+/// vendor never answered, a server stopped mid-call) to what they reserved: their reservation
+/// already counted against the cap, and now the books close on it, with a record that it was
+/// reconciled rather than known.
+async fn reconcile_unknown_calls(
+    app: Arc<App>,
+    after: std::time::Duration,
+    every: std::time::Duration,
+) {
+    use store::Store;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = app.clock.now();
+        match app.store.reconcile_unknown(now - after, now).await {
+            Ok(0) => {}
+            Ok(count) => {
+                app.metrics.reconciled(count);
+                tracing::info!(count, horizon = ?after, "calls of unknown outcome settled to their reservations");
+            }
+            Err(error) => tracing::warn!(%error, "could not reconcile calls of unknown outcome"),
+        }
     }
 }
 

@@ -40,6 +40,7 @@ pub struct Metrics {
     revocation_requests: Family<FormLabel, Counter>,
     keys_by_status: Family<StatusLabel, Gauge>,
     key_cache_in_use: Gauge,
+    reconciled: Counter,
     denials: Family<CodeLabel, Counter>,
     spend_micros: Family<VendorLabel, Counter>,
     proxy_latency: Family<VendorLabel, Histogram>,
@@ -75,6 +76,12 @@ impl Default for Metrics {
              (a shared database whose changes this server does not hear right now)",
             key_cache_in_use.clone(),
         );
+        let reconciled = Counter::default();
+        registry.register(
+            "reservations_reconciled",
+            "Calls whose outcome never became known, settled to what they reserved",
+            reconciled.clone(),
+        );
         let denials = Family::<CodeLabel, Counter>::default();
         registry.register(
             "proxy_denials",
@@ -102,6 +109,7 @@ impl Default for Metrics {
             revocation_requests,
             keys_by_status,
             key_cache_in_use,
+            reconciled,
             denials,
             spend_micros,
             proxy_latency,
@@ -121,6 +129,11 @@ impl Metrics {
             .get_or_create(&FormLabel { form })
             .inc();
         self.keys_revoked.inc_by(count);
+    }
+
+    /// `count` calls of unknown outcome were settled to their reservations.
+    pub fn reconciled(&self, count: u64) {
+        self.reconciled.inc_by(count);
     }
 
     /// A proxied call was refused.

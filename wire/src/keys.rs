@@ -206,6 +206,10 @@ pub struct Event {
     pub settled_usd: Option<Usd>,
     /// Why the proxy refused it, if it did.
     pub denied: Option<ErrorCode>,
+    /// Its outcome never became known (the vendor never answered, the server stopped mid-call),
+    /// so the reconciliation sweep settled it to what it reserved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconciled: bool,
 }
 
 /// `GET /v1/keys/{id}/events`.

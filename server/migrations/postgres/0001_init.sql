@@ -42,10 +42,14 @@ CREATE TABLE calls (
     fingerprint        TEXT,
     -- A reserving call is in flight until this moment (then settled, or its outcome is unknown
     -- and its reservation stays): a replay of its idempotency key meanwhile is refused.
-    in_flight_until_ms BIGINT
+    in_flight_until_ms BIGINT,
+    -- Settled by the reconciliation sweep: its outcome never became known, so it was settled to
+    -- what it reserved.
+    reconciled         BOOLEAN NOT NULL DEFAULT false
 );
 CREATE INDEX calls_key ON calls (key_id, id);
 CREATE INDEX calls_idempotency ON calls (key_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX calls_unsettled ON calls (at_ms) WHERE settled_micros IS NULL;
 
 -- Objects a key created through the proxy (their amount was reserved then): calls that make an
 -- existing object charge (confirm, capture, refund) are allowed only on these.

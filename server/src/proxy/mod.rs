@@ -39,7 +39,7 @@ const MAX_AUDIT_PATH: usize = 512;
 
 /// The proxy route.
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
-    let arrived = OffsetDateTime::now_utc();
+    let arrived = app.clock.now();
     let (parts, body) = request.into_parts();
     let mut key_id = None;
     let refusal = match proxy(&app, &parts, body, arrived, &mut key_id).await {
@@ -125,7 +125,7 @@ async fn proxy(
     }
     let estimate = vendor.vendor.estimate(&request)?;
 
-    let now = OffsetDateTime::now_utc();
+    let now = app.clock.now();
     let reservation = if estimate.needs_reservation() {
         Some(reserve(app, &key, &request, &estimate, now).await?)
     } else {

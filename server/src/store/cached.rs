@@ -28,6 +28,7 @@ use super::{
     CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall, Revoked,
     Settled, Store, StoreError,
 };
+use crate::clock::Clock;
 use crate::meter::Settlement;
 use crate::token::TokenHash;
 
@@ -39,6 +40,8 @@ const MAX_CACHED_KEYS: usize = 100_000;
 pub struct CachedStore {
     inner: Arc<dyn Store>,
     cache: Arc<RwLock<KeyCache>>,
+    /// Judges expiry.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for CachedStore {
@@ -152,21 +155,29 @@ async fn detached<T: Send + 'static>(
 
 impl CachedStore {
     /// Caches the keys of `inner`, whose every change goes through this cache.
-    pub fn new(inner: Arc<dyn Store>) -> CachedStore {
+    pub fn new(inner: Arc<dyn Store>, clock: Arc<dyn Clock>) -> CachedStore {
         CachedStore {
             inner,
             cache: Arc::new(RwLock::new(KeyCache::new(true))),
+            clock,
         }
     }
 
     /// Caches the keys of `inner`, which other servers change too: nothing is kept until the
     /// returned handle is told that changes are followed ([`KeyInvalidation::trust`]).
-    pub fn shared(inner: Arc<dyn Store>) -> (CachedStore, KeyInvalidation) {
+    pub fn shared(inner: Arc<dyn Store>, clock: Arc<dyn Clock>) -> (CachedStore, KeyInvalidation) {
         let cache = Arc::new(RwLock::new(KeyCache::new(false)));
         let invalidation = KeyInvalidation {
             cache: Arc::clone(&cache),
         };
-        (CachedStore { inner, cache }, invalidation)
+        (
+            CachedStore {
+                inner,
+                cache,
+                clock,
+            },
+            invalidation,
+        )
     }
 
     /// Whether keys are kept: always for a store that only this server changes; for a shared
@@ -182,7 +193,7 @@ impl CachedStore {
             return;
         }
         if cache.by_hash.len() >= MAX_CACHED_KEYS {
-            let now = OffsetDateTime::now_utc();
+            let now = self.clock.now();
             let KeyCache { by_hash, by_id, .. } = &mut *cache;
             by_hash.retain(|_, cached| cached.key.expires_at > now);
             by_id.retain(|_, hash| by_hash.contains_key(hash));
@@ -225,7 +236,7 @@ impl Store for CachedStore {
         let found = self.inner.key_by_token(hash, day).await?;
         if let Some((key, spend)) = &found {
             let usable = key.revoked_at.is_none()
-                && key.expires_at > OffsetDateTime::now_utc()
+                && key.expires_at > self.clock.now()
                 && spend.committed() <= key.daily_cap;
             if usable {
                 self.keep(generation, key, day, *spend);
@@ -322,6 +333,15 @@ impl Store for CachedStore {
             Ok(settled)
         })
         .await
+    }
+
+    async fn reconcile_unknown(
+        &self,
+        before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        // Reserved becomes spent: what counts against the cap, and so the cache, is unchanged.
+        self.inner.reconcile_unknown(before, now).await
     }
 
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {

@@ -19,6 +19,7 @@ use http::Method;
 use time::{Date, OffsetDateTime};
 use vault_key_wire::{EndpointPattern, ErrorCode, KeyStatus, Usd};
 
+use crate::clock::Clock;
 use crate::meter::{IdempotencyClaim, ObjectRef, Settlement};
 use crate::token::TokenHash;
 
@@ -80,12 +81,12 @@ impl Database {
 
     /// The store the server's routes use: the database behind a cache of its keys, which (on
     /// PostgreSQL) hears of the changes other servers make.
-    pub fn serve(&mut self) -> Arc<CachedStore> {
+    pub fn serve(&mut self, clock: Arc<dyn Clock>) -> Arc<CachedStore> {
         match self {
-            Database::Sqlite(store) => Arc::new(CachedStore::new(Arc::new(store.clone()))),
+            Database::Sqlite(store) => Arc::new(CachedStore::new(Arc::new(store.clone()), clock)),
             Database::Postgres(store, follower) => {
                 let (cached, invalidation) =
-                    CachedStore::shared(Arc::new(PostgresStore::clone(store)));
+                    CachedStore::shared(Arc::new(PostgresStore::clone(store)), clock);
                 if let Some(previous) = follower.replace(store.follow_changes(invalidation)) {
                     previous.stop();
                 }
@@ -299,6 +300,8 @@ pub struct CallRecord {
     pub settled: Option<Usd>,
     /// Refusal code.
     pub denied: Option<ErrorCode>,
+    /// Settled by the reconciliation sweep, its outcome never known.
+    pub reconciled: bool,
 }
 
 /// A call just settled.
@@ -377,6 +380,14 @@ pub trait Store: Send + Sync + 'static {
     /// Ends an opened call whose outcome is unknown: its reservation stays, and it no longer
     /// counts as in flight.
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError>;
+    /// Settles, to what they reserved, the calls made before `before` whose outcome is still
+    /// unknown at `now` (unsettled, and no longer in flight), and marks them reconciled; returns
+    /// how many. Each is settled once, however many servers sweep at the same time.
+    async fn reconcile_unknown(
+        &self,
+        before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
     /// Records a zero-cost call that was forwarded without a reservation.
     async fn record_free_call(
         &self,

@@ -497,6 +497,33 @@ impl Store for PostgresStore {
         Ok(settled)
     }
 
+    async fn reconcile_unknown(
+        &self,
+        before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        // One statement: the calls settled and their reservations moved to spent commit together,
+        // and a call another server settles meanwhile is not returned here.
+        let reconciled: i64 = sqlx::query_scalar(
+            "WITH settled AS ( \
+               UPDATE calls SET settled_micros = reserved_micros, reconciled = true, \
+               in_flight_until_ms = NULL WHERE settled_micros IS NULL AND at_ms < $1 \
+               AND (in_flight_until_ms IS NULL OR in_flight_until_ms <= $2) \
+               RETURNING key_id, day, reserved_micros), \
+             per_day AS (SELECT key_id, day, SUM(reserved_micros) AS reserved FROM settled \
+               GROUP BY key_id, day), \
+             moved AS (UPDATE spend SET reserved_micros = spend.reserved_micros - per_day.reserved, \
+               spent_micros = spend.spent_micros + per_day.reserved FROM per_day \
+               WHERE spend.key_id = per_day.key_id AND spend.day = per_day.day RETURNING 1) \
+             SELECT COUNT(*) FROM settled",
+        )
+        .bind(to_ms(before))
+        .bind(to_ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(reconciled).unwrap_or(0))
+    }
+
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE calls SET in_flight_until_ms = NULL WHERE id = $1")
             .bind(call_id)

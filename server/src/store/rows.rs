@@ -107,8 +107,8 @@ pub(super) fn encoded_policy(key: &KeyRecord) -> Result<(String, Option<String>)
 /// A key's audit trail, up to the key's id (bound next); a macro for `concat!`, as above.
 macro_rules! calls_of_key {
     () => {
-        "SELECT at_ms, method, path, upstream_status, reserved_micros, settled_micros, denied \
-         FROM calls WHERE key_id = "
+        "SELECT at_ms, method, path, upstream_status, reserved_micros, settled_micros, denied, \
+         reconciled FROM calls WHERE key_id = "
     };
 }
 pub(super) use calls_of_key;
@@ -123,6 +123,7 @@ pub(super) struct CallRow {
     reserved_micros: i64,
     settled_micros: Option<i64>,
     denied: Option<String>,
+    reconciled: bool,
 }
 
 impl CallRow {
@@ -139,6 +140,7 @@ impl CallRow {
                 .map(|code| serde_json::from_value::<ErrorCode>(code.into()))
                 .transpose()
                 .map_err(decode_err)?,
+            reconciled: self.reconciled,
         })
     }
 }

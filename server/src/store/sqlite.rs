@@ -538,6 +538,38 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn reconcile_unknown(
+        &self,
+        before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.group
+            .write(move |conn| {
+                let settled: Vec<(String, String, i64)> = conn
+                    .prepare_cached(
+                        "UPDATE calls SET settled_micros = reserved_micros, reconciled = 1, \
+                         in_flight_until_ms = NULL WHERE settled_micros IS NULL AND at_ms < ?1 \
+                         AND (in_flight_until_ms IS NULL OR in_flight_until_ms <= ?2) \
+                         RETURNING key_id, day, reserved_micros",
+                    )?
+                    .query_map(params![to_ms(before), to_ms(now)], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let mut move_to_spent = conn.prepare_cached(
+                    "UPDATE spend SET reserved_micros = reserved_micros - ?3, \
+                     spent_micros = spent_micros + ?3 WHERE key_id = ?1 AND day = ?2",
+                )?;
+                for (key_id, day, reserved) in &settled {
+                    if *reserved != 0 {
+                        move_to_spent.execute(params![key_id, day, reserved])?;
+                    }
+                }
+                Ok(u64::try_from(settled.len()).unwrap_or(u64::MAX))
+            })
+            .await
+    }
+
     async fn abandon_call(&self, call_id: i64) -> Result<(), StoreError> {
         self.group
             .write(move |conn| {
