@@ -124,6 +124,7 @@ fn ten_thousand_keys_across_64_tasks_leave_none_active() {
         assert_eq!(server.active_with_prefix("bulk/").await, 0);
         let metrics = reqwest::Client::new()
             .get(format!("{}/metrics", server.url))
+            .bearer_auth(ADMIN)
             .send()
             .await
             .unwrap()

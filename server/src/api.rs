@@ -67,29 +67,56 @@ impl FromRequestParts<Arc<App>> for Admin {
                 "admin routes need `Authorization: Bearer <admin token>`",
             )
         };
-        let mut values = parts.headers.get_all(http::header::AUTHORIZATION).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
-            return Err(unauthorized());
-        };
-        let presented = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token)
-            .ok_or_else(unauthorized)?;
-        if app.is_admin(presented) {
-            Ok(Admin)
-        } else {
-            Err(unauthorized())
+        match bearer(&parts.headers) {
+            Some(presented) if app.is_admin(presented) => Ok(Admin),
+            _ => Err(unauthorized()),
         }
     }
+}
+
+/// An admin request's body, read whole (up to axum's default limit of 2 MiB); one too large, or
+/// cut off, is refused with a JSON `code` like every other refusal rather than axum's plain text.
+pub struct AdminBody(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for AdminBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(request, state).await {
+            Ok(body) => Ok(AdminBody(body)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::RequestTooLarge,
+                    "the request body is over the admin API's limit of 2 MiB",
+                ))
+            }
+            Err(rejection) => Err(ApiError::invalid_request(format!(
+                "the request body could not be read: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// The token of the one `Authorization: Bearer …` header, if there is exactly one.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
 }
 
 async fn create_key(
     _: Admin,
     State(app): State<Arc<App>>,
-    body: Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<Response, ApiError> {
     let request: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => map,
@@ -359,7 +386,7 @@ async fn revoke_key(
 async fn revoke_many(
     _: Admin,
     State(app): State<Arc<App>>,
-    body: Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<Json<RevokedCount>, ApiError> {
     let request: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => map,
@@ -576,7 +603,17 @@ async fn healthz(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     ))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(app): State<Arc<App>>,
+    headers: http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if !app.may_read_metrics(bearer(&headers)) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "/metrics needs `Authorization: Bearer <admin or metrics token>`",
+        ));
+    }
     let counts = app.store.key_counts(app.clock.now()).await?;
     Ok((
         [(

@@ -30,6 +30,8 @@ pub struct App {
     pub vendors: BTreeMap<String, Arc<LiveVendor>>,
     /// Hash of the admin token, compared in constant time.
     pub admin_token: TokenHash,
+    /// Who may read `/metrics`.
+    pub metrics_gate: MetricsGate,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Client for upstream calls: no redirects, no proxy from the environment.
@@ -56,10 +58,35 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// Who may read `/metrics` (see [`crate::MetricsAccess`]), tokens hashed.
+#[derive(Debug)]
+pub enum MetricsGate {
+    /// Anyone.
+    Open,
+    /// Bearers of the admin token.
+    Admin,
+    /// Bearers of the admin token or of this one.
+    AdminOr(TokenHash),
+}
+
 impl App {
     /// Whether a presented admin token is the right one.
     pub fn is_admin(&self, presented: &str) -> bool {
         TokenHash::of(presented).matches(&self.admin_token)
+    }
+
+    /// Whether a request presenting `bearer` may read `/metrics`.
+    pub fn may_read_metrics(&self, bearer: Option<&str>) -> bool {
+        match (&self.metrics_gate, bearer) {
+            (MetricsGate::Open, _) => true,
+            (_, None) => false,
+            (MetricsGate::Admin, Some(token)) => self.is_admin(token),
+            (MetricsGate::AdminOr(metrics), Some(token)) => {
+                // Both compared, in constant time, whichever matches.
+                let is_metrics = TokenHash::of(token).matches(metrics);
+                self.is_admin(token) | is_metrics
+            }
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub migrate_on_start: bool,
     /// Bearer token of the admin routes.
     pub admin_token: SecretString,
+    /// Who may read `/metrics`.
+    pub metrics_access: MetricsAccess,
     /// The vendors the proxy serves.
     pub vendors: Vec<Vendor>,
     /// Longest lifetime a key may ask for.
@@ -80,6 +82,20 @@ pub struct ServerConfig {
     pub reconcile_every: Duration,
     /// Where the server reads the time (a [`crate::clock::ManualClock`] in tests).
     pub clock: Arc<dyn Clock>,
+}
+
+/// Who may read `/metrics`: its key counts and spend by vendor are the business's own, so by
+/// default only the admin token.
+#[derive(Debug, Clone, Default)]
+pub enum MetricsAccess {
+    /// Bearers of the admin token.
+    #[default]
+    AdminToken,
+    /// Bearers of this token (or of the admin token): for a scraper that must not hold the admin
+    /// token.
+    Token(SecretString),
+    /// Anyone who can reach the port (a listener only a trusted network reaches).
+    Public,
 }
 
 /// Why the configuration cannot start a server.
@@ -182,6 +198,7 @@ impl ServerConfig {
             pool: PoolSettings::default(),
             migrate_on_start: true,
             admin_token,
+            metrics_access: MetricsAccess::AdminToken,
             vendors: Vec::new(),
             max_key_ttl: Duration::from_secs(24 * 3600),
             connect_timeout: Duration::from_secs(5),

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, ConfigFile, ServerConfig};
+pub use config::{ConfigError, ConfigFile, MetricsAccess, ServerConfig};
 pub use sandbox::{ReceivedRequest, Sandbox};
 pub use store::{PoolSettings, SyncMode};
 
@@ -128,6 +128,13 @@ impl Server {
             store: store.serve(Arc::clone(&config.clock)),
             vendors,
             admin_token: app::admin_token_hash(&config.admin_token),
+            metrics_gate: match &config.metrics_access {
+                MetricsAccess::AdminToken => app::MetricsGate::Admin,
+                MetricsAccess::Token(token) => {
+                    app::MetricsGate::AdminOr(app::admin_token_hash(token))
+                }
+                MetricsAccess::Public => app::MetricsGate::Open,
+            },
             metrics: metrics::Metrics::default(),
             http,
             max_key_ttl: config.max_key_ttl,

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
 use vault_key_server::store::{is_postgres_url, PostgresStore};
-use vault_key_server::{ConfigFile, PoolSettings, Sandbox, Server, ServerConfig, SyncMode};
+use vault_key_server::{
+    ConfigFile, MetricsAccess, PoolSettings, Sandbox, Server, ServerConfig, SyncMode,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,7 +26,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the admin API and the proxy. The admin token comes from VAULT_KEY_ADMIN_TOKEN;
-    /// vendor secrets from STRIPE_SECRET_KEY or the config file.
+    /// vendor secrets from STRIPE_SECRET_KEY or the config file. /metrics takes the admin token,
+    /// or the token in VAULT_KEY_METRICS_TOKEN when set (for a scraper), or none with
+    /// --public-metrics.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787")]
@@ -39,6 +43,9 @@ enum Command {
         /// PostgreSQL: do not migrate the schema on start (run `vault-key-server migrate`).
         #[arg(long)]
         no_migrate: bool,
+        /// Serve /metrics to anyone who reaches the port (key counts and spend by vendor).
+        #[arg(long)]
+        public_metrics: bool,
         /// Answer vendor calls with the built-in stand-ins (no network, no real secrets).
         #[arg(long)]
         sandbox: bool,
@@ -91,6 +98,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             sync,
             db_max_connections,
             no_migrate,
+            public_metrics,
         } => {
             let admin_token = std::env::var("VAULT_KEY_ADMIN_TOKEN").unwrap_or_default();
             let mut server_config = ServerConfig::new(SecretString::from(admin_token));
@@ -99,6 +107,24 @@ async fn run(cli: Cli) -> Result<(), String> {
             server_config.sync = sync;
             server_config.pool.max_connections = db_max_connections;
             server_config.migrate_on_start = !no_migrate;
+            server_config.metrics_access = match (
+                std::env::var("VAULT_KEY_METRICS_TOKEN").ok(),
+                public_metrics,
+            ) {
+                (Some(_), true) => {
+                    return Err(
+                        "VAULT_KEY_METRICS_TOKEN and --public-metrics contradict each \
+                                other: choose one"
+                            .to_owned(),
+                    )
+                }
+                (Some(token), false) if token.chars().count() < 16 => {
+                    return Err("VAULT_KEY_METRICS_TOKEN must be at least 16 characters".to_owned())
+                }
+                (Some(token), false) => MetricsAccess::Token(SecretString::from(token)),
+                (None, true) => MetricsAccess::Public,
+                (None, false) => MetricsAccess::AdminToken,
+            };
             let file = match &config {
                 Some(path) => {
                     let shown = path.display().to_string();

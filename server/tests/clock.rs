@@ -87,7 +87,10 @@ async fn keys_expire_on_the_clock_without_waiting(db: &TestDb) {
     assert_eq!(charge(&server, token(&key), 100).await.0, 200);
     clock.advance(Duration::from_secs(1));
     let (status, refused) = charge(&server, token(&key), 100).await;
-    assert_eq!((status, refused["code"].as_str()), (401, Some("key_expired")));
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (401, Some("key_expired"))
+    );
     let listed = admin_get(&server, "/v1/keys?status=expired").await.1;
     assert_eq!(listed["keys"][0]["id"], key["id"], "{listed}");
     assert_eq!(view(&server, &key).await["status"], "expired");
@@ -100,7 +103,10 @@ async fn calls_of_unknown_outcome_are_reconciled_once_old_enough(db: &TestDb) {
     // The vendor answers after the proxy stopped waiting: whether it charged is unknown, so the
     // $10 stay reserved.
     let (status, answer) = slow_charge(&server, token(&key), 2_000).await;
-    assert_eq!((status, answer["code"].as_str()), (504, Some("upstream_timeout")));
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (504, Some("upstream_timeout"))
+    );
     assert_eq!(charge(&server, token(&key), 500).await.0, 200);
     let held = view(&server, &key).await;
     assert_eq!(

@@ -336,6 +336,11 @@ async fn healthz_and_metrics_answer(db: &TestDb) {
         "{text}"
     );
     assert!(text.contains("vault_key_key_cache_in_use 1"), "{text}");
+    let (status, refused) = send(http().get(format!("{}/metrics", server.url()))).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     assert!(
         text.contains("vault_key_keys{status=\"active\"} 0"),
         "{text}"

@@ -378,6 +378,7 @@ pub async fn key_cache_in_use(url: &str) -> Value {
 pub async fn metrics_text(server: &Server) -> String {
     let response = http()
         .get(format!("{}/metrics", server.url()))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap();
