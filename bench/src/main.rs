@@ -5,6 +5,7 @@
 
 mod load;
 mod scale;
+mod soak;
 mod stack;
 
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Part {
     Scale,
     /// The metered path with `--sync full`.
     Durability,
+    /// A minute of concurrent annotated handlers: memory, leaked keys, spend accounted.
+    Soak,
 }
 
 impl Args {
@@ -164,6 +167,7 @@ async fn main() -> ExitCode {
     std::fs::create_dir_all(dir.join("normal")).expect("a temporary directory");
     std::fs::create_dir_all(dir.join("full")).expect("a temporary directory");
     std::fs::create_dir_all(dir.join("scale")).expect("a temporary directory");
+    std::fs::create_dir_all(dir.join("soak")).expect("a temporary directory");
     let result = run(&args, &dir).await;
     std::fs::remove_dir_all(&dir).ok();
     match result {
@@ -269,6 +273,9 @@ async fn run(args: &Args, dir: &std::path::Path) -> Result<Report, String> {
     }
     if args.runs(Part::Durability) {
         durability(&mut report, args, phase, upstream, dir, metered_p99).await?;
+    }
+    if args.runs(Part::Soak) {
+        soak::soak(&mut report, args, &dir.join("soak")).await?;
     }
     Ok(report)
 }

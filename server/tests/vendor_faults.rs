@@ -88,7 +88,7 @@ async fn commit(fault: Fault, mut stream: TcpStream) {
         }
         Fault::Close => drop(stream),
         Fault::Reset => {
-            let _ = stream.set_linger(Some(std::time::Duration::ZERO));
+            let _ = stream.set_zero_linger();
             drop(stream);
         }
         Fault::CutOff => {
