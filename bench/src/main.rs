@@ -38,6 +38,10 @@ struct Args {
     /// Only these parts (all when none is given).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Serve the sandbox vendors and print their address (the soak runs its vendor in a process
+    /// of its own this way, so that the vendor's memory is not counted as the server's).
+    #[arg(long, hide = true)]
+    serve_sandbox: bool,
 }
 
 /// The parts of a run.
@@ -159,6 +163,9 @@ async fn expect(request: reqwest::RequestBuilder, status: u16) -> Result<(), Str
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let mut args = Args::parse();
+    if args.serve_sandbox {
+        return soak::serve_sandbox().await;
+    }
     if args.quick {
         args.rate = args.rate.min(200);
         args.seconds = 1;

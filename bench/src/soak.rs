@@ -1,5 +1,6 @@
 //! The soak: many concurrent annotated handlers against the sandbox's Stripe for a while, with
-//! the process's resident memory sampled every second. At the end every key must be revoked and
+//! the resident memory of the process holding the server (and the load) sampled every second;
+//! the sandbox runs in a process of its own. At the end every key must be revoked and
 //! the spend the store recorded must equal what the sandbox accepted, to the micro-dollar.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,9 @@ use serde_json::Value;
 use vault_key::{vault_key, Client, VaultKey};
 use vault_key_server::SyncMode;
 
-use crate::stack::{start_server, ADMIN};
+use vault_key_server::vendor::Upstream;
+
+use crate::stack::{start_server_with, ADMIN};
 use crate::{http, Args, Report};
 
 /// Handlers running at once.
@@ -25,8 +28,9 @@ fn soak_client() -> Client {
         .clone()
 }
 
-/// One agent task: a free read, then a charge of `cents`; returns the cents the vendor accepted.
-/// Charges over the key's $50 cap are refused by the proxy and accept nothing.
+/// One agent task: a charge of `cents`, then a free read of what it created; returns the cents
+/// the vendor accepted. Charges over the key's $50 cap are refused by the proxy and accept
+/// nothing.
 #[vault_key(
     vendor = "stripe",
     cap = 50,
@@ -35,7 +39,6 @@ fn soak_client() -> Client {
     client = soak_client
 )]
 async fn agent_task(key: &VaultKey, cents: u64) -> Result<u64, vault_key::Error> {
-    key.get("/v1/payment_intents").send().await?;
     let charged = key
         .post("/v1/payment_intents")
         .form(&[
@@ -44,11 +47,68 @@ async fn agent_task(key: &VaultKey, cents: u64) -> Result<u64, vault_key::Error>
         ])
         .send()
         .await?;
-    Ok(if charged.status().is_success() {
-        cents
-    } else {
-        0
-    })
+    if !charged.status().is_success() {
+        return Ok(0);
+    }
+    let intent: Value = charged.json().await?;
+    let id = intent["id"].as_str().unwrap_or_default();
+    key.get(&format!("/v1/payment_intents/{id}"))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(cents)
+}
+
+/// The hidden `--serve-sandbox` mode: the sandbox vendors, until the parent closes our stdin.
+pub async fn serve_sandbox() -> std::process::ExitCode {
+    let sandbox = match vault_key_server::Sandbox::start(([127, 0, 0, 1], 0).into()).await {
+        Ok(sandbox) => sandbox,
+        Err(error) => {
+            eprintln!("the sandbox cannot start: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("{}", sandbox.base_url("stripe"));
+    // Ends when the parent goes away (its end of our stdin closes).
+    tokio::task::spawn_blocking(|| std::io::Read::read(&mut std::io::stdin(), &mut [0; 1]))
+        .await
+        .ok();
+    std::process::ExitCode::SUCCESS
+}
+
+/// The sandbox in a child process (this executable in `--serve-sandbox` mode), killed on drop.
+struct SandboxProcess {
+    child: std::process::Child,
+    stripe_url: String,
+}
+
+impl SandboxProcess {
+    fn start() -> Result<SandboxProcess, String> {
+        use std::io::BufRead;
+        let mut child =
+            std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+                .arg("--serve-sandbox")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start the sandbox process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("the sandbox's stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        Ok(SandboxProcess {
+            child,
+            stripe_url: line.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Resident memory of this process (server, sandbox and load together), in bytes.
@@ -69,8 +129,14 @@ pub async fn soak(report: &mut Report, args: &Args, dir: &std::path::Path) -> Re
     println!(
         "\nsoak: {CONCURRENCY} annotated handlers for {seconds} s against the sandbox's Stripe"
     );
-    let upstream = crate::stack::start_upstream();
-    let server = start_server(upstream, dir, SyncMode::Normal);
+    // The vendor runs in a process of its own: it keeps every object and request, and that
+    // memory is not the server's.
+    let vendor = SandboxProcess::start()?;
+    let server = start_server_with(dir, SyncMode::Normal, |config| {
+        for stripe in config.vendors.iter_mut().filter(|v| v.name == "stripe") {
+            stripe.upstream = Upstream::Url(vendor.stripe_url.parse().expect("a loopback URL"));
+        }
+    });
     let client = Client::new(server.url.clone(), ADMIN).map_err(|e| e.to_string())?;
     SOAK_CLIENT
         .set(client.clone())

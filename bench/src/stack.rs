@@ -76,10 +76,13 @@ impl Drop for RunningServer {
 /// Starts a server with a file database in `dir` (durable metering, as in production), the
 /// sandbox vendors, and the two fixed-upstream vendors.
 pub fn start_server(upstream: SocketAddr, dir: &Path, sync: SyncMode) -> RunningServer {
-    let database: PathBuf = dir.join("vault-key.db");
-    let mut config = ServerConfig::sandbox(SecretString::from(ADMIN));
-    config.database_url = format!("sqlite://{}", database.display());
-    config.sync = sync;
+    start_server_with(dir, sync, |config| {
+        add_fixed_vendors(config, upstream);
+    })
+}
+
+/// The free and metered vendors, both answered by the fixed upstream.
+fn add_fixed_vendors(config: &mut ServerConfig, upstream: SocketAddr) {
     for (name, cost) in [(FREE, 0), (METERED, METERED_COST_MICROS)] {
         config.vendors.push(Vendor {
             name: name.to_owned(),
@@ -96,6 +99,20 @@ pub fn start_server(upstream: SocketAddr, dir: &Path, sync: SyncMode) -> Running
             envelope: ErrorEnvelope::Plain,
         });
     }
+}
+
+/// A sandbox server on a SQLite file in `dir`, configured further by `adjust`, on a thread and
+/// runtime of its own.
+pub fn start_server_with(
+    dir: &Path,
+    sync: SyncMode,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> RunningServer {
+    let database: PathBuf = dir.join("vault-key.db");
+    let mut config = ServerConfig::sandbox(SecretString::from(ADMIN));
+    config.database_url = format!("sqlite://{}", database.display());
+    config.sync = sync;
+    adjust(&mut config);
     let (ready, started) = std::sync::mpsc::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = thread::Builder::new()

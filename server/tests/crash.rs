@@ -104,7 +104,10 @@ async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key(db: &Te
     // Let the vendor finish what it had started, then count what it really executed.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let executed = http()
-        .get(format!("{}/stripe/v1/payment_intents", vendor.url))
+        .get(format!(
+            "{}/stripe/v1/payment_intents?limit=100",
+            vendor.url
+        ))
         .bearer_auth("sk_test_vaultkey_sandbox")
         .send()
         .await

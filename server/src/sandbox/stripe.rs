@@ -319,7 +319,7 @@ impl StripeSandbox {
                 json!({"object": "balance", "livemode": false, "available": [{"amount": 1_000_000, "currency": "usd"}], "pending": []}),
             )),
             ("POST", ["v1", collection]) => self.create(ledger, collection, params),
-            ("GET", ["v1", collection]) => list(ledger, collection),
+            ("GET", ["v1", collection]) => list(ledger, collection, params),
             ("GET", ["v1", collection, id]) => ledger
                 .object_in(collection, id)
                 .map(|o| (StatusCode::OK, Value::Object(o.clone()))),
@@ -462,20 +462,76 @@ fn no_such(id: &str) -> Answer {
     )
 }
 
-fn list(ledger: &Ledger, collection: &str) -> Result<Answer, Answer> {
+/// A page of a collection as Stripe lists it: newest first, `limit` objects (10 unless given,
+/// at most 100), after the `starting_after` or before the `ending_before` object, and whether
+/// there are more.
+fn list(ledger: &Ledger, collection: &str, params: &Params) -> Result<Answer, Answer> {
     let Some((_, prefix, ..)) = COLLECTIONS.iter().find(|(name, ..)| *name == collection) else {
         return Err(not_found(&Method::GET, &format!("/v1/{collection}")));
     };
-    let mut data: Vec<&Map<String, Value>> = ledger
+    let limit = match params.get("limit") {
+        None => 10,
+        Some(limit) => match limit.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "Invalid limit: must be an integer between 1 and 100",
+                    Some("limit"),
+                ))
+            }
+        },
+    };
+    // Ids end in a counter: the newest has the largest.
+    let sequence = |id: &str| {
+        id.rsplit("sandbox")
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let own = format!("{prefix}_");
+    let mut newest_first: Vec<(u64, &Map<String, Value>)> = ledger
         .objects
         .iter()
-        .filter(|(id, _)| id.starts_with(&format!("{prefix}_")))
-        .map(|(_, o)| o)
+        .filter(|(id, _)| id.starts_with(&own))
+        .map(|(id, o)| (sequence(id), o))
         .collect();
-    data.sort_by_key(|o| o.get("created").and_then(Value::as_i64));
+    newest_first.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    let cursor = |name: &str| -> Result<Option<u64>, Answer> {
+        params
+            .get(name)
+            .map(|id| match ledger.objects.contains_key(id) {
+                true => Ok(sequence(id)),
+                false => Err(no_such(id)),
+            })
+            .transpose()
+    };
+    let (page, has_more): (Vec<&Map<String, Value>>, bool) =
+        match (cursor("starting_after")?, cursor("ending_before")?) {
+            (Some(after), _) => {
+                let older: Vec<_> = newest_first.iter().filter(|(n, _)| *n < after).collect();
+                let more = older.len() > limit;
+                (
+                    older.into_iter().take(limit).map(|(_, o)| *o).collect(),
+                    more,
+                )
+            }
+            (None, Some(before)) => {
+                let newer: Vec<_> = newest_first.iter().filter(|(n, _)| *n > before).collect();
+                let more = newer.len() > limit;
+                let skip = newer.len().saturating_sub(limit);
+                (
+                    newer.into_iter().skip(skip).map(|(_, o)| *o).collect(),
+                    more,
+                )
+            }
+            (None, None) => (
+                newest_first.iter().take(limit).map(|(_, o)| *o).collect(),
+                newest_first.len() > limit,
+            ),
+        };
     Ok((
         StatusCode::OK,
-        json!({"object": "list", "url": format!("/v1/{collection}"), "has_more": false, "data": data}),
+        json!({"object": "list", "url": format!("/v1/{collection}"), "has_more": has_more, "data": page}),
     ))
 }
 
