@@ -125,15 +125,7 @@ fn ten_thousand_keys_across_64_tasks_leave_none_active() {
         server.flush().await;
         assert_eq!(server.client().pending_revocations(), 0);
         assert_eq!(server.active_with_prefix("bulk/").await, 0);
-        let metrics = reqwest::Client::new()
-            .get(format!("{}/metrics", server.url))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         assert!(
             metrics.contains(&format!("vault_key_keys_revoked_total {KEYS}")),
             "{metrics}"

@@ -222,15 +222,7 @@ fn a_burst_of_dropped_keys_is_revoked_in_few_requests() {
         drop(keys);
         server.flush().await;
         assert_eq!(server.active_with_prefix("burst").await, 0);
-        let metrics = reqwest::Client::new()
-            .get(format!("{}/metrics", server.url))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         let requests = |form: &str| -> u64 {
             let prefix = format!("vault_key_revocation_requests_total{{form=\"{form}\"}} ");
             metrics

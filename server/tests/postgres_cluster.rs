@@ -61,25 +61,8 @@ async fn three_servers_hold_one_key_to_its_cap_exactly() {
     };
     let servers = cluster(&db, 3).await;
     let key = stripe_key(&servers[0], "shared-cap", 500.0).await;
-    let charges = (0..300).map(|i| {
-        let url = servers[i % 3].url();
-        let token = token(&key).to_owned();
-        tokio::spawn(async move {
-            stripe_form(
-                &url,
-                &token,
-                "/v1/payment_intents",
-                "amount=1000&currency=usd",
-                &[],
-            )
-            .await
-        })
-    });
-    let results: Vec<(u16, Value)> = futures_util::future::join_all(charges)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    let results = charge_concurrently(&urls, token(&key), 300).await;
     let succeeded = results.iter().filter(|(status, _)| *status == 200).count();
     let capped = results
         .iter()

@@ -12,25 +12,7 @@ use serde_json::{json, Value};
 async fn a_hundred_concurrent_ten_dollar_charges_against_five_hundred(db: &TestDb) {
     let server = start_on(db).await;
     let key = stripe_key(&server, "concurrent", 500.0).await;
-    let charges = (0..100).map(|_| {
-        let url = server.url();
-        let token = token(&key).to_owned();
-        tokio::spawn(async move {
-            stripe_form(
-                &url,
-                &token,
-                "/v1/payment_intents",
-                "amount=1000&currency=usd",
-                &[],
-            )
-            .await
-        })
-    });
-    let results: Vec<(u16, Value)> = futures_util::future::join_all(charges)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let results = charge_concurrently(&[server.url()], token(&key), 100).await;
     let succeeded = results.iter().filter(|(status, _)| *status == 200).count();
     let capped = results
         .iter()

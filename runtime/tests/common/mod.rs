@@ -79,6 +79,19 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// How many keys with this label prefix are still active.
     pub async fn active_with_prefix(&self, prefix: &str) -> usize {
         let mut count = 0;

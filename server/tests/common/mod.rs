@@ -264,6 +264,28 @@ pub async fn charge(server: &Server, token: &str, amount_cents: u64) -> (u16, Va
     .await
 }
 
+/// `count` charges of $10 sent all at once, spread over the servers at `urls` in turn.
+pub async fn charge_concurrently(urls: &[String], token: &str, count: usize) -> Vec<(u16, Value)> {
+    let charges = (0..count).map(|i| {
+        let (url, token) = (urls[i % urls.len()].clone(), token.to_owned());
+        tokio::spawn(async move {
+            stripe_form(
+                &url,
+                &token,
+                "/v1/payment_intents",
+                "amount=1000&currency=usd",
+                &[],
+            )
+            .await
+        })
+    });
+    futures_util::future::join_all(charges)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// A parsed raw HTTP response.
 #[derive(Debug)]
 pub struct RawResponse {
