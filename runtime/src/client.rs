@@ -98,7 +98,10 @@ impl ClientBuilder {
         if self.admin_token.expose_secret().is_empty() {
             return Err(Error::NotConfigured("the admin token is empty".to_owned()));
         }
+        // No redirects: neither the key service nor the proxy sends one, and one followed would
+        // turn a revocation's DELETE into a GET that answers 200 (or carry a token elsewhere).
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .build()

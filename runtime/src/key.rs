@@ -230,20 +230,20 @@ impl VaultKey {
     /// their calls are refused from now on, and the final drop sends nothing more.
     pub(crate) async fn revoke_in_place(&self) -> Result<(), Error> {
         let client = &self.client;
-        let status = revoke::delete_key(
+        let answer = revoke::delete_key(
             client.http(),
             client.api_url(),
             client.admin_token(),
             &self.id,
         )
         .await?;
-        if status.is_success() || status == reqwest::StatusCode::NOT_FOUND {
+        if answer.revoked() {
             self.revoked.store(true, Ordering::Release);
             Ok(())
         } else {
             Err(Error::Unavailable(format!(
-                "DELETE /v1/keys/{} answered HTTP {status}",
-                self.id
+                "DELETE /v1/keys/{} answered HTTP {}",
+                self.id, answer.status
             )))
         }
     }

@@ -154,6 +154,7 @@ pub fn pending_revocations() -> usize {
 async fn run(mut jobs: mpsc::UnboundedReceiver<RevokeJob>, pending: PendingCount) {
     let http = match reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()
     {
@@ -255,22 +256,26 @@ async fn revoke_once(http: &reqwest::Client, jobs: &[&RevokeJob]) -> Attempt {
         match revoke_keys(http, &first.api_url, &first.admin_token, ids).await {
             // A server that does not know the batch form (it answers 400, 404 or 405 — not
             // "done": a 404 here is the route's, not a key's) gets one DELETE per key.
-            Ok(status) if matches!(status.as_u16(), 400 | 404 | 405) => {}
-            Ok(status) => return classify(status),
+            Ok(answer) if matches!(answer.status.as_u16(), 400 | 404 | 405) => {}
+            Ok(answer) => return classify(&answer),
             Err(error) => return Attempt::Retry(error.without_url().to_string()),
         }
     }
+    // Every key is tried, whatever the one before met; the batch's outcome is the worst of them.
+    // Revoking again what was revoked is answered 204, so a retry may repeat the batch.
+    let mut outcome = Attempt::Done;
     for job in jobs {
         let attempt = match delete_key(http, &job.api_url, &job.admin_token, &job.key_id).await {
-            Ok(status) => classify(status),
+            Ok(answer) => classify(&answer),
             Err(error) => Attempt::Retry(error.without_url().to_string()),
         };
-        // Revoking again what was revoked is answered 204, so a retry may repeat the batch.
-        if attempt != Attempt::Done {
-            return attempt;
-        }
+        outcome = match (outcome, attempt) {
+            (Attempt::Retry(why), _) | (_, Attempt::Retry(why)) => Attempt::Retry(why),
+            (Attempt::GiveUp(why), _) | (_, Attempt::GiveUp(why)) => Attempt::GiveUp(why),
+            (Attempt::Done, Attempt::Done) => Attempt::Done,
+        };
     }
-    Attempt::Done
+    outcome
 }
 
 /// Sends `POST /v1/keys/revoke {"ids": […]}`; the status says how it went.
@@ -279,7 +284,7 @@ async fn revoke_keys(
     api_url: &Url,
     admin_token: &SecretString,
     ids: Vec<String>,
-) -> Result<reqwest::StatusCode, reqwest::Error> {
+) -> Result<Answered, reqwest::Error> {
     let url = crate::client::endpoint(api_url, &["v1", "keys", "revoke"]);
     let response = http
         .post(url)
@@ -287,7 +292,36 @@ async fn revoke_keys(
         .json(&vault_key_wire::RevokeByIds { ids })
         .send()
         .await?;
-    Ok(response.status())
+    Ok(Answered::of(&response))
+}
+
+/// What the key service answered a revocation.
+#[derive(Debug)]
+pub(crate) struct Answered {
+    pub(crate) status: reqwest::StatusCode,
+    /// The service's own error code (its `vault-key-error` header), when it sent one.
+    code: Option<String>,
+}
+
+impl Answered {
+    fn of(response: &reqwest::Response) -> Answered {
+        Answered {
+            status: response.status(),
+            code: response
+                .headers()
+                .get(vault_key_wire::ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+
+    /// Revoked now, or known to the service as nothing to revoke: a 404 counts only when the
+    /// key service itself says `not_found` (a proxy's or a wrong prefix's 404 revokes nothing).
+    pub(crate) fn revoked(&self) -> bool {
+        self.status.is_success()
+            || (self.status == reqwest::StatusCode::NOT_FOUND
+                && self.code.as_deref() == Some("not_found"))
+    }
 }
 
 /// Sends `DELETE /v1/keys/{id}`; the status says how it went.
@@ -296,21 +330,23 @@ pub(crate) async fn delete_key(
     api_url: &Url,
     admin_token: &SecretString,
     key_id: &str,
-) -> Result<reqwest::StatusCode, reqwest::Error> {
+) -> Result<Answered, reqwest::Error> {
     let url = crate::client::endpoint(api_url, &["v1", "keys", key_id]);
     let response = http
         .delete(url)
         .bearer_auth(admin_token.expose_secret())
         .send()
         .await?;
-    Ok(response.status())
+    Ok(Answered::of(&response))
 }
 
-/// 204 revoked, 404 gone already: done. 5xx, 408 and 429 may pass: retry. Other refusals (a wrong
-/// admin token) will not change by retrying.
-fn classify(status: reqwest::StatusCode) -> Attempt {
+/// Revoked, or unknown to the key service: done. 5xx, 408 and 429 may pass: retry. Other
+/// refusals (a wrong admin token, a redirect, a 404 that is not the service's) will not change by
+/// retrying.
+fn classify(answer: &Answered) -> Attempt {
+    let status = answer.status;
     match status.as_u16() {
-        200..=299 | 404 => Attempt::Done,
+        _ if answer.revoked() => Attempt::Done,
         408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {status}")),
         _ => Attempt::GiveUp(format!("HTTP {status}")),
     }
@@ -320,20 +356,26 @@ fn classify(status: reqwest::StatusCode) -> Attempt {
 mod tests {
     use super::*;
 
+    fn answer(status: u16, code: Option<&str>) -> Answered {
+        Answered {
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            code: code.map(str::to_owned),
+        }
+    }
+
     #[test]
     fn statuses_are_classified() {
-        assert_eq!(classify(reqwest::StatusCode::NO_CONTENT), Attempt::Done);
-        assert_eq!(classify(reqwest::StatusCode::NOT_FOUND), Attempt::Done);
+        assert_eq!(classify(&answer(204, None)), Attempt::Done);
+        assert_eq!(classify(&answer(200, None)), Attempt::Done);
+        assert_eq!(classify(&answer(404, Some("not_found"))), Attempt::Done);
+        // A 404 the key service did not give (a load balancer's, a wrong prefix's) revoked
+        // nothing, and neither did a redirect.
+        assert!(matches!(classify(&answer(404, None)), Attempt::GiveUp(_)));
+        assert!(matches!(classify(&answer(303, None)), Attempt::GiveUp(_)));
+        assert!(matches!(classify(&answer(503, None)), Attempt::Retry(_)));
+        assert!(matches!(classify(&answer(429, None)), Attempt::Retry(_)));
         assert!(matches!(
-            classify(reqwest::StatusCode::SERVICE_UNAVAILABLE),
-            Attempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify(reqwest::StatusCode::TOO_MANY_REQUESTS),
-            Attempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify(reqwest::StatusCode::UNAUTHORIZED),
+            classify(&answer(401, Some("unauthorized"))),
             Attempt::GiveUp(_)
         ));
     }

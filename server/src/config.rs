@@ -221,6 +221,37 @@ impl ServerConfig {
         config
     }
 
+    /// How long a forwarded call may stay in flight before its outcome counts as unknown: the
+    /// vendor's answer headers and then its whole body may each take the upstream timeout, and
+    /// settling takes a moment more.
+    pub fn in_flight_lease(&self) -> Duration {
+        self.upstream_timeout * 2 + Duration::from_secs(30)
+    }
+
+    /// Refuses reconciliation settings that would settle calls still in flight, or that cannot
+    /// run.
+    pub fn check_timing(&self) -> Result<(), ConfigError> {
+        let lease = self.in_flight_lease();
+        if self.reconcile_after <= lease {
+            return Err(ConfigError::Invalid(format!(
+                "reconcile_after must be longer than a call may stay in flight ({} s: twice \
+                 upstream_timeout, and 30 s)",
+                lease.as_secs()
+            )));
+        }
+        if self.reconcile_after > Duration::from_secs(366 * 24 * 3600) {
+            return Err(ConfigError::Invalid(
+                "reconcile_after must be at most a year".to_owned(),
+            ));
+        }
+        if self.reconcile_every.is_zero() {
+            return Err(ConfigError::Invalid(
+                "reconcile_every must be longer than zero".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Applies a config file and the environment. With `sandbox`, built-in vendors answer from
     /// the stand-in, and a real secret in the environment is an error rather than silently unused.
     pub fn apply(
@@ -491,6 +522,23 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn reconciliation_never_settles_a_call_still_in_flight() {
+        let mut config = ServerConfig::new(SecretString::from("a".repeat(20)));
+        assert!(config.check_timing().is_ok(), "the defaults");
+        config.upstream_timeout = Duration::from_secs(60);
+        config.reconcile_after = Duration::from_secs(150);
+        // Headers and body may take 60 s each, and settling 30 s more.
+        assert!(config.check_timing().is_err());
+        config.reconcile_after = Duration::from_secs(151);
+        assert!(config.check_timing().is_ok());
+        config.reconcile_after = Duration::from_secs(9_999_999_999 * 86_400);
+        assert!(config.check_timing().is_err(), "far past any clock");
+        config.reconcile_after = Duration::from_secs(3600);
+        config.reconcile_every = Duration::ZERO;
+        assert!(config.check_timing().is_err());
     }
 
     #[test]

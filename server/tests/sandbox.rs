@@ -70,4 +70,10 @@ async fn the_sandbox_lists_like_stripe() {
     }
     let (status, _) = list("?starting_after=pi_nothing".to_owned()).await;
     assert_eq!(status, 404);
+    let (status, _) = list(format!(
+        "?starting_after={}&ending_before={}",
+        newest_first[5], newest_first[1]
+    ))
+    .await;
+    assert_eq!(status, 400);
 }

@@ -28,7 +28,10 @@ use vault_key_wire::Usd;
 use crate::app::App;
 use crate::meter::{Estimate, ForwardRequest, Settlement};
 use crate::policy;
-use crate::store::{utc_day, within_deadline, DeniedCall, NewCall, OpenedCall, Store, StoreError};
+use crate::store::{
+    utc_day, within_deadline, CachedStore, DeniedCall, NewCall, OpenedCall, Store, StoreError,
+    STORE_DEADLINE,
+};
 use crate::token::{self, TokenHash};
 use crate::vendor::ErrorEnvelope;
 
@@ -163,6 +166,46 @@ async fn proxy(
     .await
 }
 
+/// The answer of a reservation under way. Dropped before the answer was taken (deadline passed,
+/// client gone), it closes the channel, so that a later answer is released by the task that
+/// made it, and releases one that arrived meanwhile.
+struct PendingReservation {
+    answer: tokio::sync::oneshot::Receiver<Result<OpenedCall, StoreError>>,
+    store: Arc<CachedStore>,
+}
+
+impl Drop for PendingReservation {
+    fn drop(&mut self) {
+        self.answer.close();
+        if let Ok(Ok(OpenedCall::Opened { call_id, .. })) = self.answer.try_recv() {
+            tokio::spawn(release_unforwarded(Arc::clone(&self.store), call_id));
+        }
+    }
+}
+
+/// Settles a reservation whose call was never forwarded to zero, retrying a while (the store
+/// was slow or away when the call was given up): otherwise the reservation would be held until
+/// the reconciliation sweep counts it as spent.
+async fn release_unforwarded(store: Arc<CachedStore>, call_id: i64) {
+    let unsent = Settlement {
+        cost: Usd::ZERO,
+        created: None,
+    };
+    let mut wait = std::time::Duration::from_millis(100);
+    for attempt in 1..=8 {
+        match store.settle_call(call_id, &unsent, None).await {
+            Ok(_) => return,
+            Err(error) if attempt == 8 => {
+                tracing::warn!(%error, call_id, "could not release the reservation of a call never forwarded; it stays reserved");
+            }
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Reserves the call's cost in one atomic step that also checks the key's state, the objects the
 /// call acts on and idempotency replays.
 async fn reserve(
@@ -180,35 +223,31 @@ async fn reserve(
         max_cost: estimate.max_cost,
         idempotency: estimate.idempotency.clone(),
         acts_on: estimate.acts_on.clone(),
-        // Past the upstream deadline the forward has ended one way or another; the margin covers
-        // settling it.
-        in_flight_until: now + app.upstream_timeout + std::time::Duration::from_secs(30),
+        // Past it the forward has ended one way or another (headers, then body, each within the
+        // upstream timeout); the margin covers settling it.
+        in_flight_until: now + app.in_flight_lease,
     };
     // The reservation runs to its end in a task of its own: a client that hangs up while it
-    // commits must not leave it held for a call that was never forwarded, so a reservation
-    // nobody is left to forward is released.
+    // commits, or a store that answers past the deadline, must not leave it held for a call that
+    // was never forwarded. Whoever holds the answer when nobody is left to forward releases it:
+    // the task, if the receiver is gone when it answers; the receiver's guard, if the answer came
+    // in while it was being given up.
     let store = Arc::clone(&app.store);
-    let (reply, opened) = tokio::sync::oneshot::channel();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let mut pending = PendingReservation {
+        answer,
+        store: Arc::clone(&store),
+    };
     tokio::spawn(async move {
         let result = store.open_call(&call).await;
         if let Err(Ok(OpenedCall::Opened { call_id, .. })) = reply.send(result) {
-            let unsent = Settlement {
-                cost: Usd::ZERO,
-                created: None,
-            };
-            if let Err(error) = store.settle_call(call_id, &unsent, None).await {
-                tracing::warn!(%error, call_id, "could not release the reservation of a call never forwarded");
-            }
+            release_unforwarded(store, call_id).await;
         }
     });
-    // Past the deadline the reservation is given up here; if it commits later, the task above
-    // finds nobody to forward it and releases it.
-    let opened = within_deadline(async {
-        opened
-            .await
-            .map_err(|_| StoreError::Write("the reservation did not finish".to_owned()))?
-    })
-    .await?;
+    let opened = tokio::time::timeout(STORE_DEADLINE, &mut pending.answer)
+        .await
+        .map_err(|_| StoreError::TimedOut)?
+        .map_err(|_| StoreError::Write("the reservation did not finish".to_owned()))??;
     match opened {
         OpenedCall::Opened { call_id, reserved } => Ok(forward::Reservation { call_id, reserved }),
         OpenedCall::CapExhausted { cap, spend } => Err(Refusal::CapExhausted {

@@ -496,13 +496,21 @@ fn list(ledger: &Ledger, collection: &str, params: &Params) -> Result<Answer, An
         .map(|(id, o)| (sequence(id), o))
         .collect();
     newest_first.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    if params.contains_key("starting_after") && params.contains_key("ending_before") {
+        return Err(invalid(
+            "You may only specify one of these parameters: ending_before, starting_after.",
+            None,
+        ));
+    }
     let cursor = |name: &str| -> Result<Option<u64>, Answer> {
         params
             .get(name)
-            .map(|id| match ledger.objects.contains_key(id) {
-                true => Ok(sequence(id)),
-                false => Err(no_such(id)),
-            })
+            .map(
+                |id| match id.starts_with(&own) && ledger.objects.contains_key(id) {
+                    true => Ok(sequence(id)),
+                    false => Err(no_such(id)),
+                },
+            )
             .transpose()
     };
     let (page, has_more): (Vec<&Map<String, Value>>, bool) =
