@@ -928,3 +928,29 @@ async fn model_content_nested_in_tool_results_is_held_to_the_metered_keys() {
     }
     assert_eq!(server.sandbox().unwrap().received_count(), 0);
 }
+
+/// A key held in the server's memory carries the cap it was read with; a cap lowered in the
+/// database since (an operator's UPDATE, or another server's change) holds at once for metered
+/// calls, because the reservation reads the cap in its own transaction.
+#[tokio::test]
+async fn a_cap_lowered_behind_the_cache_holds_at_the_next_charge() {
+    use sqlx::Connection;
+    let db = TestDb::sqlite();
+    let server = start_on(&db).await;
+    let key = stripe_key(&server, "lowered", 100.0).await;
+    assert_eq!(charge(&server, token(&key), 100).await.0, 200); // held in memory, cap $100
+    let mut operator = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+    sqlx::query("UPDATE keys SET daily_cap_micros = 10000000 WHERE id = ?")
+        .bind(key["id"].as_str().unwrap())
+        .execute(&mut operator)
+        .await
+        .unwrap();
+    let before = server.sandbox().unwrap().received_count();
+    let (status, refused) = charge(&server, token(&key), 5_000).await;
+    assert_eq!(
+        (status, &refused["code"], &refused["cap_usd"]),
+        (429, &json!("cap_exhausted"), &json!(10)),
+        "{refused}"
+    );
+    assert_eq!(server.sandbox().unwrap().received_count(), before);
+}

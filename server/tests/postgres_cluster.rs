@@ -24,10 +24,6 @@ async fn cluster(db: &TestDb, n: usize) -> Vec<Server> {
     servers
 }
 
-fn micros(value: &Value) -> u64 {
-    (value.as_f64().unwrap() * 1e6).round() as u64
-}
-
 /// A free read through the proxy at `url`: its status and error code.
 async fn list_intents(url: &str, token: &str) -> (u16, Value) {
     let (status, body) = send(
@@ -315,6 +311,56 @@ async fn a_server_cut_off_silently_stops_serving_keys_from_memory() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     key_cache_in_use(&b.url()).await;
+}
+
+/// The caller who replays an idempotency key on another server while the first attempt is still
+/// with the vendor: the replay would be reserved nothing (the vendor replays, it does not act
+/// again) yet could act if the first attempt then fails. It is refused, whichever server it
+/// reaches, and reaches no vendor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_in_flight_on_another_server_is_refused() {
+    let Some(db) = TestDb::postgres("a_replay_in_flight_on_another_server_is_refused").await else {
+        return;
+    };
+    let servers = cluster(&db, 2).await;
+    let key = stripe_key(&servers[0], "replayed", 10.0).await;
+    let first = tokio::spawn({
+        let (url, token) = (servers[0].url(), token(&key).to_owned());
+        async move {
+            stripe_form(
+                &url,
+                &token,
+                "/v1/payment_intents",
+                "amount=400&currency=usd",
+                &[("idempotency-key", "k-1"), ("x-sandbox-delay-ms", "1000")],
+            )
+            .await
+        }
+    });
+    while servers[0].sandbox().unwrap().received_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, body) = stripe_form(
+        &servers[1].url(),
+        token(&key),
+        "/v1/payment_intents",
+        "amount=400&currency=usd",
+        &[("idempotency-key", "k-1")],
+    )
+    .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("idempotency_key_in_use")),
+        "{body}"
+    );
+    assert_eq!(servers[1].sandbox().unwrap().received_count(), 0);
+    assert_eq!(first.await.unwrap().0, 200);
+    let view = view(&servers[1], &key).await;
+    assert_eq!(
+        (&view["spent_today_usd"], &view["reserved_usd"]),
+        (&json!(4), &json!(0)),
+        "{view}"
+    );
 }
 
 /// Outcomes of the load sent during the outage test.
