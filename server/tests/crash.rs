@@ -14,10 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn micros(value: &Value) -> u64 {
-    (value.as_f64().unwrap() * 1e6).round() as u64
-}
-
 async fn sigkill_mid_flight_loses_no_spend_and_resurrects_no_revoked_key(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();

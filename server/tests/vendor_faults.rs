@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use vault_key_server::vendor::Upstream;
@@ -116,10 +116,6 @@ async fn server_with(fault: Fault) -> (Server, Arc<AtomicUsize>) {
     })
     .await;
     (server, received)
-}
-
-fn micros(value: &Value) -> u64 {
-    (value.as_f64().unwrap() * 1e6).round() as u64
 }
 
 #[tokio::test]

@@ -264,6 +264,11 @@ pub async fn charge(server: &Server, token: &str, amount_cents: u64) -> (u16, Va
     .await
 }
 
+/// A dollar amount of the API (`spent_today_usd`, …) in micro-dollars.
+pub fn micros(value: &Value) -> u64 {
+    (value.as_f64().unwrap() * 1e6).round() as u64
+}
+
 /// `count` charges of $10 sent all at once, spread over the servers at `urls` in turn.
 pub async fn charge_concurrently(urls: &[String], token: &str, count: usize) -> Vec<(u16, Value)> {
     let charges = (0..count).map(|i| {
