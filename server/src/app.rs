@@ -40,8 +40,6 @@ pub struct App {
     pub max_key_ttl: Duration,
     /// Time to the vendor's response headers.
     pub upstream_timeout: Duration,
-    /// How long a forwarded call counts as in flight ([`crate::ServerConfig::in_flight_lease`]).
-    pub in_flight_lease: Duration,
     /// Time for a proxied request's whole body to arrive.
     pub body_timeout: Duration,
     /// Largest proxied body.

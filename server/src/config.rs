@@ -84,6 +84,12 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
 }
 
+/// How long a forwarded call counts as in flight, given the upstream timeout: the answer's
+/// headers, then its whole body, may each take that long, and settling a moment more.
+pub fn in_flight_lease(upstream_timeout: Duration) -> Duration {
+    upstream_timeout * 2 + Duration::from_secs(30)
+}
+
 /// Who may read `/metrics`: its key counts and spend by vendor are the business's own, so by
 /// default only the admin token.
 #[derive(Debug, Clone, Default)]
@@ -225,7 +231,7 @@ impl ServerConfig {
     /// vendor's answer headers and then its whole body may each take the upstream timeout, and
     /// settling takes a moment more.
     pub fn in_flight_lease(&self) -> Duration {
-        self.upstream_timeout * 2 + Duration::from_secs(30)
+        in_flight_lease(self.upstream_timeout)
     }
 
     /// Refuses reconciliation settings that would settle calls still in flight, or that cannot

@@ -87,7 +87,6 @@ impl Server {
             return Err(ConfigError::AdminToken.into());
         }
         config.check_timing()?;
-        let in_flight_lease = config.in_flight_lease();
         if let MetricsAccess::Token(token) = &config.metrics_access {
             if token.expose_secret().chars().count() < 16 {
                 return Err(ConfigError::Invalid(
@@ -149,7 +148,6 @@ impl Server {
             http,
             max_key_ttl: config.max_key_ttl,
             upstream_timeout: config.upstream_timeout,
-            in_flight_lease,
             body_timeout: config.body_timeout,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,

@@ -29,8 +29,7 @@ use crate::app::App;
 use crate::meter::{Estimate, ForwardRequest, Settlement};
 use crate::policy;
 use crate::store::{
-    utc_day, within_deadline, CachedStore, DeniedCall, NewCall, OpenedCall, Store, StoreError,
-    STORE_DEADLINE,
+    utc_day, CachedStore, DeniedCall, NewCall, OpenedCall, Store, StoreError, STORE_DEADLINE,
 };
 use crate::token::{self, TokenHash};
 use crate::vendor::ErrorEnvelope;
@@ -93,12 +92,14 @@ async fn proxy(
     }
     let route_vendor = app.vendors.get(vendor_name);
     let token = read::presented_token(&parts.headers, route_vendor.map(|v| &v.vendor.auth))?;
-    let (key, spend) = within_deadline(app.store.key_by_token(
-        &TokenHash::of(secrecy::ExposeSecret::expose_secret(&token)),
-        utc_day(arrived),
-    ))
-    .await?
-    .ok_or(Refusal::InvalidKey("unknown vault token"))?;
+    let (key, spend) = app
+        .store
+        .key_by_token(
+            &TokenHash::of(secrecy::ExposeSecret::expose_secret(&token)),
+            utc_day(arrived),
+        )
+        .await?
+        .ok_or(Refusal::InvalidKey("unknown vault token"))?;
     drop(token);
     *key_id = Some(key.id.clone());
     policy::check_state(&key, arrived)?;
@@ -134,7 +135,9 @@ async fn proxy(
     } else {
         let spend = if waited_for_body {
             // Time passed while the body arrived: the key may have been revoked or expired since.
-            let (key, spend) = within_deadline(app.store.key(&key.id, utc_day(now)))
+            let (key, spend) = app
+                .store
+                .key(&key.id, utc_day(now))
                 .await?
                 .ok_or(Refusal::KeyRevoked)?;
             policy::check_state(&key, now)?;
@@ -225,7 +228,7 @@ async fn reserve(
         acts_on: estimate.acts_on.clone(),
         // Past it the forward has ended one way or another (headers, then body, each within the
         // upstream timeout); the margin covers settling it.
-        in_flight_until: now + app.in_flight_lease,
+        in_flight_until: now + crate::config::in_flight_lease(app.upstream_timeout),
     };
     // The reservation runs to its end in a task of its own: a client that hangs up while it
     // commits, or a store that answers past the deadline, must not leave it held for a call that

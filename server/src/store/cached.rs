@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use time::{Date, OffsetDateTime};
 
 use super::{
-    CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall, Revoked,
-    Settled, Store, StoreError,
+    within_deadline, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall,
+    OpenedCall, Revoked, Settled, Store, StoreError,
 };
 use crate::clock::Clock;
 use crate::meter::Settlement;
@@ -233,7 +233,8 @@ impl Store for CachedStore {
             }
             cache.generation
         };
-        let found = self.inner.key_by_token(hash, day).await?;
+        // Only a lookup the cache cannot answer waits on the store, and not past its deadline.
+        let found = within_deadline(self.inner.key_by_token(hash, day)).await?;
         if let Some((key, spend)) = &found {
             let usable = key.revoked_at.is_none()
                 && key.expires_at > self.clock.now()
@@ -246,7 +247,7 @@ impl Store for CachedStore {
     }
 
     async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
-        self.inner.key(id, day).await
+        within_deadline(self.inner.key(id, day)).await
     }
 
     async fn list_keys(

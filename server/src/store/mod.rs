@@ -27,8 +27,9 @@ pub use cached::{CachedStore, KeyInvalidation};
 pub use postgres::{is_postgres_url, ChangeFollower, PoolSettings, PostgresStore};
 pub use sqlite::{SqliteStore, SyncMode};
 
-/// The longest a proxied call waits for the store to look its key up or reserve its cost before
-/// it is answered `503 store_unavailable`: a connection whose database fell silent would
+/// The longest a call waits for the store to read a key (through [`CachedStore`], when the key
+/// is not held in memory) or the proxy waits for a reservation, before it is answered `503
+/// store_unavailable`: a connection whose database fell silent would
 /// otherwise hold the call until TCP gives up, minutes later.
 pub const STORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
