@@ -35,21 +35,6 @@ async fn list_intents(url: &str, token: &str) -> (u16, Value) {
     (status, body["code"].clone())
 }
 
-/// The POSTs the servers' sandboxes executed.
-fn charges_executed(servers: &[Server]) -> usize {
-    servers
-        .iter()
-        .map(|s| {
-            s.sandbox()
-                .unwrap()
-                .received()
-                .iter()
-                .filter(|r| r.method == "POST")
-                .count()
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_servers_hold_one_key_to_its_cap_exactly() {
     let Some(db) = TestDb::postgres("three_servers_hold_one_key_to_its_cap_exactly").await else {
@@ -363,14 +348,6 @@ async fn a_replay_in_flight_on_another_server_is_refused() {
     );
 }
 
-/// Outcomes of the load sent during the outage test.
-#[derive(Debug, Default)]
-struct Outcomes {
-    ok: u64,
-    unavailable: u64,
-    other: Vec<(u16, Value)>,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_is_a_clear_503_that_loses_nothing_and_resurrects_no_key() {
     let Some(db) = TestDb::postgres(
@@ -387,35 +364,7 @@ async fn a_database_outage_is_a_clear_503_that_loses_nothing_and_resurrects_no_k
     assert_eq!(list_intents(&b, token(&doomed)).await.0, 200); // now in B's memory
 
     // $1 charges, alternating between the servers, from 4 clients until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
-        .map(|client| {
-            let urls = [a.clone(), b.clone()];
-            let token = token(&load_key).to_owned();
-            let stop = std::sync::Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut outcomes = Outcomes::default();
-                let mut i = client;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let (status, body) = stripe_form(
-                        &urls[i % 2],
-                        &token,
-                        "/v1/payment_intents",
-                        "amount=100&currency=usd",
-                        &[],
-                    )
-                    .await;
-                    match status {
-                        200 => outcomes.ok += 1,
-                        503 if body["code"] == "store_unavailable" => outcomes.unavailable += 1,
-                        _ => outcomes.other.push((status, body)),
-                    }
-                    i += 1;
-                }
-                outcomes
-            })
-        })
-        .collect();
+    let load = ChargeLoad::start(&[a.clone(), b.clone()], token(&load_key), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The outage: no new connections to the database, and every one it has is killed — but the
@@ -466,9 +415,10 @@ async fn a_database_outage_is_a_clear_503_that_loses_nothing_and_resurrects_no_k
 
     // Service resumes on its own, on both servers.
     let resumed = Instant::now();
+    let mut probes = Outcomes::default();
     for url in [&a, &b] {
         loop {
-            let (status, _) = stripe_form(
+            let (status, body) = stripe_form(
                 url,
                 token(&load_key),
                 "/v1/payment_intents",
@@ -476,6 +426,7 @@ async fn a_database_outage_is_a_clear_503_that_loses_nothing_and_resurrects_no_k
                 &[],
             )
             .await;
+            probes.count(status, body);
             if status == 200 {
                 break;
             }
@@ -492,39 +443,13 @@ async fn a_database_outage_is_a_clear_503_that_loses_nothing_and_resurrects_no_k
         assert_eq!((status, code.as_str()), (401, Some("key_revoked")), "{url}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut outcomes = Outcomes::default();
-    for client in load {
-        let client = client.await.unwrap();
-        outcomes.ok += client.ok;
-        outcomes.unavailable += client.unavailable;
-        outcomes.other.extend(client.other);
-    }
-    eprintln!(
-        "during the outage test: {} charges succeeded, {} were 503 store_unavailable",
-        outcomes.ok, outcomes.unavailable
-    );
-    assert!(outcomes.other.is_empty(), "{:?}", outcomes.other);
+    let mut outcomes = load.stop().await;
     assert!(
         outcomes.unavailable > 0,
         "the load met the outage: {outcomes:?}"
     );
-
-    // Every charge the vendor executed is counted once: settled, or (when the database went
-    // away before its settlement) still reserved; nothing settled that did not happen.
-    let executed = charges_executed(&servers) as u64;
-    let view = view(&servers[0], &load_key).await;
-    let (spent, reserved) = (
-        micros(&view["spent_today_usd"]),
-        micros(&view["reserved_usd"]),
-    );
-    eprintln!("executed {executed} charges of $1; the key counts spent {spent} µ$ + reserved {reserved} µ$");
-    assert!(spent <= executed * 1_000_000, "{view}");
-    assert!(spent + reserved >= executed * 1_000_000, "{view}");
-    assert!(
-        spent + reserved <= (executed + outcomes.unavailable) * 1_000_000,
-        "more held than executed or possibly committed: {view}"
-    );
+    outcomes.merge(probes);
+    assert_each_executed_charge_counted(&servers, &load_key, &outcomes).await;
 }
 
 #[tokio::test]

@@ -230,12 +230,10 @@ impl Forward {
     async fn settle(&self, status: Option<StatusCode>, settlement: Settlement) {
         let app = &self.app;
         let status = status.map(|s| s.as_u16());
-        let result = match self.reservation {
-            Some(reservation) => app
-                .store
-                .settle_call(reservation.call_id, &settlement, status)
-                .await
-                .map(drop),
+        match self.reservation {
+            Some(reservation) => {
+                settle(app, &self.key_id, reservation.call_id, settlement, status).await
+            }
             None => {
                 let store = Arc::clone(&app.store);
                 let (key_id, method, path, at) = (
@@ -253,12 +251,7 @@ impl Forward {
                         tracing::warn!(%error, "could not record a free call");
                     }
                 });
-                Ok(())
             }
-        };
-        if let Err(error) = result {
-            // The reservation stays in place: spend is over-counted, never lost.
-            tracing::error!(%error, key_id = %self.key_id, "could not settle a call; its reservation stays");
         }
     }
 
@@ -269,6 +262,27 @@ impl Forward {
                 tracing::error!(%error, key_id = %self.key_id, "could not end a call in flight; it ends when its lease does");
             }
         }
+    }
+}
+
+/// Settles a call with what its answer said it cost. A store that fails is retried in the
+/// background rather than holding up the answer; until then the reservation stays in place, so
+/// spend is over-counted for a while, never lost.
+async fn settle(
+    app: &App,
+    key_id: &str,
+    call_id: i64,
+    settlement: Settlement,
+    status: Option<u16>,
+) {
+    if let Err(error) = app.store.settle_call(call_id, &settlement, status).await {
+        tracing::warn!(%error, %key_id, "could not settle a call; retrying");
+        tokio::spawn(super::settle_retrying(
+            Arc::clone(&app.store),
+            call_id,
+            settlement,
+            status,
+        ));
     }
 }
 
@@ -308,29 +322,22 @@ impl UsageTap {
             model,
             status,
         } = settlement;
-        let result = match model.settle(status, usage) {
+        match model.settle(status, usage) {
             Some(cost) => {
                 app.metrics.spent(&vendor, cost.micros());
                 tracing::info!(%key_id, %vendor, cost_usd = %cost, "model call settled on its usage");
-                app.store
-                    .settle_call(
-                        call_id,
-                        &Settlement {
-                            cost,
-                            created: None,
-                        },
-                        Some(status.as_u16()),
-                    )
-                    .await
-                    .map(drop)
+                let settlement = Settlement {
+                    cost,
+                    created: None,
+                };
+                settle(&app, &key_id, call_id, settlement, Some(status.as_u16())).await;
             }
             None => {
                 tracing::warn!(%key_id, %vendor, "model call reported no usage; its reservation stays");
-                app.store.abandon_call(call_id).await
+                if let Err(error) = app.store.abandon_call(call_id).await {
+                    tracing::error!(%error, %key_id, "could not end a call in flight; it ends when its lease does");
+                }
             }
-        };
-        if let Err(error) = result {
-            tracing::error!(%error, %key_id, "could not settle a model call; its reservation stays");
         }
     }
 

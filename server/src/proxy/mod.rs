@@ -186,20 +186,33 @@ impl Drop for PendingReservation {
     }
 }
 
-/// Settles a reservation whose call was never forwarded to zero, retrying a while (the store
-/// was slow or away when the call was given up): otherwise the reservation would be held until
-/// the reconciliation sweep counts it as spent.
+/// Settles a reservation whose call was never forwarded to zero: otherwise the reservation would
+/// be held until the reconciliation sweep counts it as spent.
 async fn release_unforwarded(store: Arc<CachedStore>, call_id: i64) {
     let unsent = Settlement {
         cost: Usd::ZERO,
         created: None,
     };
+    settle_retrying(store, call_id, unsent, None).await;
+}
+
+/// Settles a call, retrying for about half a minute while the store fails (slow, locked, full,
+/// away): a settlement given up on leaves the reservation held until the reconciliation sweep
+/// counts it as spent. Settling is idempotent, so a retry after an answer lost on its way back
+/// changes nothing.
+async fn settle_retrying(
+    store: Arc<CachedStore>,
+    call_id: i64,
+    settlement: Settlement,
+    status: Option<u16>,
+) {
+    const ATTEMPTS: u32 = 10;
     let mut wait = std::time::Duration::from_millis(100);
-    for attempt in 1..=8 {
-        match store.settle_call(call_id, &unsent, None).await {
+    for attempt in 1..=ATTEMPTS {
+        match store.settle_call(call_id, &settlement, status).await {
             Ok(_) => return,
-            Err(error) if attempt == 8 => {
-                tracing::warn!(%error, call_id, "could not release the reservation of a call never forwarded; it stays reserved");
+            Err(error) if attempt == ATTEMPTS => {
+                tracing::error!(%error, call_id, "could not settle a call; its reservation stays until reconciled");
             }
             Err(_) => {
                 tokio::time::sleep(wait).await;

@@ -416,3 +416,125 @@ pub async fn metrics_text(server: &Server) -> String {
 pub async fn view(server: &Server, key: &Value) -> Value {
     get_key(server, key["id"].as_str().unwrap()).await
 }
+
+/// The POSTs the servers' sandboxes executed.
+pub fn charges_executed(servers: &[Server]) -> usize {
+    servers
+        .iter()
+        .map(|s| {
+            s.sandbox()
+                .unwrap()
+                .received()
+                .iter()
+                .filter(|r| r.method == "POST")
+                .count()
+        })
+        .sum()
+}
+
+/// How the charges of a [`ChargeLoad`] were answered.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub ok: u64,
+    pub unavailable: u64,
+    pub other: Vec<(u16, Value)>,
+}
+
+/// $1 charges from `clients` concurrent clients, taking the servers at `urls` in turn, until
+/// stopped: the load a fault test runs its fault under.
+#[derive(Debug)]
+pub struct ChargeLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Outcomes>>,
+}
+
+impl Outcomes {
+    /// Counts one answer to a $1 charge.
+    pub fn count(&mut self, status: u16, body: Value) {
+        match status {
+            200 => self.ok += 1,
+            503 if body["code"] == "store_unavailable" => self.unavailable += 1,
+            _ => self.other.push((status, body)),
+        }
+    }
+
+    /// Adds the answers counted in `other`.
+    pub fn merge(&mut self, other: Outcomes) {
+        self.ok += other.ok;
+        self.unavailable += other.unavailable;
+        self.other.extend(other.other);
+    }
+}
+
+impl ChargeLoad {
+    pub fn start(urls: &[String], token: &str, clients: usize) -> ChargeLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|client| {
+                let urls = urls.to_vec();
+                let token = token.to_owned();
+                let stop = std::sync::Arc::clone(&stop);
+                tokio::spawn(async move {
+                    let mut outcomes = Outcomes::default();
+                    let mut i = client;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let (status, body) = stripe_form(
+                            &urls[i % urls.len()],
+                            &token,
+                            "/v1/payment_intents",
+                            "amount=100&currency=usd",
+                            &[],
+                        )
+                        .await;
+                        outcomes.count(status, body);
+                        i += 1;
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        ChargeLoad { stop, clients }
+    }
+
+    /// Stops the load, and asserts that every answer was a success or `503 store_unavailable`.
+    pub async fn stop(self) -> Outcomes {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut outcomes = Outcomes::default();
+        for client in self.clients {
+            outcomes.merge(client.await.unwrap());
+        }
+        assert!(outcomes.other.is_empty(), "{:?}", outcomes.other);
+        outcomes
+    }
+}
+
+/// Every $1 charge the vendors executed is counted once on `key`: settled, or still reserved
+/// when the store failed before its settlement; nothing is settled that did not happen, and
+/// nothing is held beyond the charges that may have been committed.
+pub async fn assert_each_executed_charge_counted(
+    servers: &[Server],
+    key: &Value,
+    outcomes: &Outcomes,
+) {
+    let executed = charges_executed(servers) as u64;
+    let view = view(&servers[0], key).await;
+    let (spent, reserved) = (
+        micros(&view["spent_today_usd"]),
+        micros(&view["reserved_usd"]),
+    );
+    eprintln!(
+        "{} charges succeeded, {} were 503 store_unavailable; the vendor executed {executed} of $1; \
+         the key counts spent {spent} µ$ + reserved {reserved} µ$",
+        outcomes.ok, outcomes.unavailable
+    );
+    assert_eq!(
+        executed, outcomes.ok,
+        "every charge the vendor executed was answered 200"
+    );
+    assert!(spent <= executed * 1_000_000, "{view}");
+    assert!(spent + reserved >= executed * 1_000_000, "{view}");
+    assert!(
+        spent + reserved <= (executed + outcomes.unavailable) * 1_000_000,
+        "more held than executed or possibly committed: {view}"
+    );
+}
