@@ -12,39 +12,6 @@ use vault_key_server::meter::llm::{AnthropicMeter, ModelPrice, OpenAiMeter, Pric
 use vault_key_server::meter::Meter;
 use vault_key_server::Server;
 
-fn model_key(vendor: &str, cap: f64, endpoints: &[&str]) -> Value {
-    json!({
-        "label": format!("{vendor}-test"), "vendor": vendor, "daily_usd_cap": cap,
-        "expires_in": "5m", "allowed_endpoints": endpoints,
-    })
-}
-
-/// A JSON call to a model vendor through the proxy, with the token where that vendor's SDK puts it.
-fn model_call(
-    server: &Server,
-    vendor: &str,
-    token: &str,
-    path: &str,
-    body: &Value,
-    knobs: &[(&str, &str)],
-) -> reqwest::RequestBuilder {
-    let mut request = http()
-        .post(format!("{}/{vendor}{path}", server.url()))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    request = if vendor == "anthropic" {
-        request
-            .header("x-api-key", token)
-            .header("anthropic-version", "2023-06-01")
-    } else {
-        request.bearer_auth(token)
-    };
-    for (name, value) in knobs {
-        request = request.header(*name, *value);
-    }
-    request
-}
-
 fn micros(view: &Value, field: &str) -> u64 {
     (view[field].as_f64().unwrap() * 1_000_000.0).round() as u64
 }
