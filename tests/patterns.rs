@@ -9,8 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use vault_key::{Client, KeySpec};
 use vault_key_examples::{
-    activity, agent_backend, layered, rollout, serve, start_sandbox_server, tools, worker,
-    LocalServer,
+    agent_backend, layered, rollout, serve, start_sandbox_server, tools, worker, LocalServer,
 };
 use vault_key_wire::{KeyPage, KeyView};
 
@@ -235,55 +234,6 @@ async fn a_worker_keeps_its_key_until_it_ends_or_is_aborted() {
         matches!(outcome, Err(vault_key::Error::CapExhausted { .. })),
         "{outcome:?}"
     );
-}
-
-#[tokio::test]
-async fn an_activity_revokes_before_it_reports_and_cannot_charge_twice() {
-    let local = start_sandbox_server().await.unwrap();
-    let first = activity::charge_order(&local.client, "o-77", 4_999)
-        .await
-        .unwrap();
-    // No flush: the activity returned only once its key was revoked.
-    let view = key_view(&local, &first.key_id).await;
-    assert_eq!(status(&view), "revoked");
-    assert_eq!(view.label, "activity/o-77");
-    assert_eq!(
-        view.daily_usd_cap.micros(),
-        49_990_000,
-        "capped at exactly the order's amount"
-    );
-    // A retried activity (same order) gets a new key but the vendor replays the first charge.
-    let retried = activity::charge_order(&local.client, "o-77", 4_999)
-        .await
-        .unwrap();
-    assert_ne!(retried.key_id, first.key_id);
-    assert_eq!(retried.intent_id, first.intent_id);
-    // When the work fails after the key was issued (here the proxy cannot be reached), the
-    // activity still revokes before it reports the failure.
-    let no_proxy = Client::builder(local.server.url(), &local.admin_token)
-        .proxy_url("http://127.0.0.1:9")
-        .build()
-        .unwrap();
-    let failed = activity::charge_order(&no_proxy, "o-78", 1_000)
-        .await
-        .unwrap_err();
-    assert!(matches!(failed, vault_key::Error::Transport(_)), "{failed}");
-    let keys = keys_labelled(&local, "activity/o-78").await;
-    assert_eq!(keys.len(), 1);
-    assert_eq!(
-        status(&keys[0]),
-        "revoked",
-        "revoked before the error was returned"
-    );
-    // An order of nothing is refused before any key is issued.
-    let nothing = activity::charge_order(&local.client, "o-79", 0)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(nothing, vault_key::Error::InvalidSpec(_)),
-        "{nothing}"
-    );
-    assert!(keys_labelled(&local, "activity/o-79").await.is_empty());
 }
 
 #[tokio::test]

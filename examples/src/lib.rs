@@ -5,11 +5,9 @@
 //! - [`layered`]: the same with the hand-written `VaultKeyLayer` and `Extension<Arc<VaultKey>>`;
 //! - [`worker`]: a spawned Tokio worker that owns an `Arc<VaultKey>`;
 //! - [`grpc`]: a tonic gRPC service whose calls each get a key from a tower layer;
-//! - [`activity`]: an activity-style function that issues and revokes explicitly;
 //! - [`rollout`]: a gradual rollout that falls back to a shared key and counts the fallbacks;
 //! - [`agent_backend`]: a long-running backend configured from the environment.
 
-pub mod activity;
 pub mod agent_backend;
 pub mod grpc;
 pub mod layered;
