@@ -143,6 +143,7 @@ async fn create_key(
         expires_at: now + spec.ttl,
         revoked_at: None,
         requests: 0,
+        refusals: 0,
     };
     app.store.insert_key(&key).await?;
     app.metrics.key_issued();
@@ -340,6 +341,7 @@ fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> KeyView {
         spent_today_usd: spend.spent,
         reserved_usd: spend.reserved,
         requests: key.requests,
+        refusals: key.refusals,
     }
 }
 
@@ -519,6 +521,20 @@ async fn list_keys(
         Some(prefix) => Some(label_prefix(prefix)?.to_owned()),
         None => None,
     };
+    // A vendor name is a path segment of the proxy: a known vendor, or nothing can match.
+    let vendor = params.get("vendor").filter(|v| !v.is_empty()).cloned();
+    if let Some(vendor) = &vendor {
+        if vendor.len() > 64
+            || !vendor
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ApiError::invalid_field(
+                "vendor",
+                "`vendor` is a vendor name, as in `stripe`",
+            ));
+        }
+    }
     let now = app.clock.now();
     let rows = app
         .store
@@ -526,6 +542,7 @@ async fn list_keys(
             &KeyQuery {
                 label_prefix: prefix,
                 status,
+                vendor,
                 now: Some(now),
                 after,
                 limit,

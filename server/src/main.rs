@@ -1,4 +1,6 @@
-//! `vault-key-server`: the key service and enforcing proxy.
+//! `vault-key-server`: the key service and enforcing proxy, and the operator's `keys` commands.
+
+mod keys_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +64,13 @@ enum Command {
         /// `postgres://user@host/db`.
         #[arg(long)]
         db: String,
+    },
+    /// See and stop the keys of a running server (VAULT_KEY_URL, VAULT_KEY_ADMIN_TOKEN).
+    Keys {
+        #[command(flatten)]
+        target: keys_cli::Target,
+        #[command(subcommand)]
+        command: keys_cli::KeysCommand,
     },
     /// Run only the sandbox vendors, as a stand-alone upstream (for tests and demos).
     Sandbox {
@@ -164,6 +173,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("vault-key-server: the schema is up to date");
             Ok(())
         }
+        Command::Keys { target, command } => keys_cli::run(target, command).await,
         Command::Sandbox { listen } => {
             let sandbox = Sandbox::start(listen).await.map_err(|e| e.to_string())?;
             println!(

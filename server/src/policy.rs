@@ -78,6 +78,7 @@ mod tests {
             expires_at: now + time::Duration::minutes(5),
             revoked_at: None,
             requests: 0,
+            refusals: 0,
         }
     }
 

@@ -81,6 +81,51 @@ fn load_key_body(label: &str) -> Value {
     })
 }
 
+/// A fault test's frame: a key charged $1 at a time by four clients while the fault comes and
+/// goes, and the test's own charges, counted beside the load's.
+struct FaultRun {
+    url: String,
+    key: Value,
+    load: ChargeLoad,
+    probes: Outcomes,
+}
+
+impl FaultRun {
+    /// Issues the key and starts the load.
+    async fn begin(server: &Server) -> FaultRun {
+        let url = server.url();
+        let key = issue(server, load_key_body("load")).await;
+        let load = ChargeLoad::start(std::slice::from_ref(&url), token(&key), 4);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        FaultRun {
+            url,
+            key,
+            load,
+            probes: Outcomes::default(),
+        }
+    }
+
+    /// Waits until the fault is felt: a charge answered `503 store_unavailable`.
+    async fn first_refusal(&mut self, within: Duration) {
+        first_refusal(&self.url, token(&self.key), within, &mut self.probes).await;
+    }
+
+    /// Once the fault is gone: waits for service, stops the load, and checks that the books
+    /// are exact. Returns the key.
+    async fn end(mut self, server: &Server) -> Value {
+        service_resumes(&self.url, token(&self.key), &mut self.probes).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut outcomes = self.load.stop().await;
+        assert!(
+            outcomes.unavailable > 0,
+            "the load met the fault: {outcomes:?}"
+        );
+        outcomes.merge(self.probes);
+        settled_exactly(server, &self.key, &outcomes).await;
+        self.key
+    }
+}
+
 /// Waits until the load has met the fault (a charge answered 503), at most `within`; the
 /// test's own charges are counted in `probes`.
 async fn first_refusal(url: &str, token: &str, within: Duration, probes: &mut Outcomes) {
@@ -216,24 +261,15 @@ async fn a_full_disk_is_a_clear_503_and_nothing_is_half_written() {
         config.database_url = format!("sqlite://{}", db.display());
     })
     .await;
-    let url = server.url();
-    let key = issue(&server, load_key_body("load")).await;
-    let load = ChargeLoad::start(std::slice::from_ref(&url), token(&key), 4);
-    let mut probes = Outcomes::default();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut run = FaultRun::begin(&server).await;
 
     let filler = fill(disk.path());
-    first_refusal(&url, token(&key), Duration::from_secs(20), &mut probes).await;
+    run.first_refusal(Duration::from_secs(20)).await;
     let (issued, refused) = issue_during_fault(&server, 5).await;
     assert!(refused > 0, "a key was issued onto a full disk every time");
     std::fs::remove_file(filler).unwrap();
 
-    service_resumes(&url, token(&key), &mut probes).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut outcomes = load.stop().await;
-    assert!(outcomes.unavailable > 0, "{outcomes:?}");
-    outcomes.merge(probes);
-    settled_exactly(&server, &key, &outcomes).await;
+    let key = run.end(&server).await;
     let mut expected = issued;
     expected.push(key["id"].as_str().unwrap().to_owned());
     assert_keys_are(&server, &expected).await;
@@ -245,11 +281,7 @@ async fn a_full_disk_is_a_clear_503_and_nothing_is_half_written() {
 async fn a_database_locked_by_another_process_is_a_clear_503_and_leaks_no_reservation() {
     let db = TestDb::sqlite();
     let server = start_on(&db).await;
-    let url = server.url();
-    let key = issue(&server, load_key_body("load")).await;
-    let load = ChargeLoad::start(std::slice::from_ref(&url), token(&key), 4);
-    let mut probes = Outcomes::default();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut run = FaultRun::begin(&server).await;
 
     // An operator's shell holds the write lock past the proxy's 5 s store deadline.
     let path = db.url().strip_prefix("sqlite://").unwrap().to_owned();
@@ -262,7 +294,7 @@ async fn a_database_locked_by_another_process_is_a_clear_503_and_leaks_no_reserv
         .unwrap();
     let locked = Instant::now();
     let issuing = {
-        let admin_url = url.clone();
+        let admin_url = server.url();
         tokio::spawn(async move {
             let (status, body) = send(
                 http()
@@ -274,19 +306,14 @@ async fn a_database_locked_by_another_process_is_a_clear_503_and_leaks_no_reserv
             (status, body)
         })
     };
-    first_refusal(&url, token(&key), Duration::from_secs(10), &mut probes).await;
+    run.first_refusal(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(locked.elapsed())).await;
     sqlx::query("COMMIT").execute(&mut operator).await.unwrap();
     drop(operator);
 
-    service_resumes(&url, token(&key), &mut probes).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut outcomes = load.stop().await;
-    assert!(outcomes.unavailable > 0, "{outcomes:?}");
-    outcomes.merge(probes);
     // The writes queued behind the lock were made once it went: those of reservations whose
     // callers had been answered 503 are released.
-    settled_exactly(&server, &key, &outcomes).await;
+    let key = run.end(&server).await;
     let (status, body) = issuing.await.unwrap();
     let mut expected = vec![key["id"].as_str().unwrap().to_owned()];
     match status {
@@ -349,11 +376,7 @@ async fn a_postgres_turned_read_only_is_a_clear_503_and_nothing_is_half_written(
         return;
     };
     let server = start_on(&db).await;
-    let url = server.url();
-    let key = issue(&server, load_key_body("load")).await;
-    let load = ChargeLoad::start(std::slice::from_ref(&url), token(&key), 4);
-    let mut probes = Outcomes::default();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut run = FaultRun::begin(&server).await;
 
     // What a failover to a standby, or an operator's read-only switch, looks like to a server.
     let name = db.url().rsplit('/').next().unwrap().to_owned();
@@ -368,7 +391,7 @@ async fn a_postgres_turned_read_only_is_a_clear_503_and_nothing_is_half_written(
     .await
     .unwrap();
     reconnect_sessions(&mut operator, &name).await;
-    first_refusal(&url, token(&key), Duration::from_secs(10), &mut probes).await;
+    run.first_refusal(Duration::from_secs(10)).await;
     let (issued, refused) = issue_during_fault(&server, 3).await;
     assert_eq!((issued.len(), refused), (0, 3));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -380,12 +403,7 @@ async fn a_postgres_turned_read_only_is_a_clear_503_and_nothing_is_half_written(
     .unwrap();
     reconnect_sessions(&mut operator, &name).await;
 
-    service_resumes(&url, token(&key), &mut probes).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut outcomes = load.stop().await;
-    assert!(outcomes.unavailable > 0, "{outcomes:?}");
-    outcomes.merge(probes);
-    settled_exactly(&server, &key, &outcomes).await;
+    let key = run.end(&server).await;
     assert_keys_are(&server, &[key["id"].as_str().unwrap().to_owned()]).await;
 }
 
@@ -399,11 +417,7 @@ async fn a_postgres_table_locked_by_an_operator_is_a_clear_503_and_leaks_no_rese
         return;
     };
     let server = start_on(&db).await;
-    let url = server.url();
-    let key = issue(&server, load_key_body("load")).await;
-    let load = ChargeLoad::start(std::slice::from_ref(&url), token(&key), 4);
-    let mut probes = Outcomes::default();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut run = FaultRun::begin(&server).await;
 
     let mut operator = sqlx::PgConnection::connect(db.url()).await.unwrap();
     let mut lock = operator.begin().await.unwrap();
@@ -411,14 +425,9 @@ async fn a_postgres_table_locked_by_an_operator_is_a_clear_503_and_leaks_no_rese
         .execute(&mut *lock)
         .await
         .unwrap();
-    first_refusal(&url, token(&key), Duration::from_secs(10), &mut probes).await;
+    run.first_refusal(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     lock.commit().await.unwrap();
 
-    service_resumes(&url, token(&key), &mut probes).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut outcomes = load.stop().await;
-    assert!(outcomes.unavailable > 0, "{outcomes:?}");
-    outcomes.merge(probes);
-    settled_exactly(&server, &key, &outcomes).await;
+    run.end(&server).await;
 }

@@ -151,9 +151,12 @@ pub struct KeyView {
     pub reserved_usd: Usd,
     /// Proxied calls forwarded to the vendor, all time (refused calls are not counted).
     pub requests: u64,
+    /// Proxied calls the proxy refused, all time.
+    #[serde(default)]
+    pub refusals: u64,
 }
 
-/// `GET /v1/keys?label_prefix=&status=&limit=&cursor=`.
+/// `GET /v1/keys?label_prefix=&status=&vendor=&limit=&cursor=`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPage {
     /// Keys in issue order.

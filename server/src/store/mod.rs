@@ -169,6 +169,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// Calls forwarded to the vendor (whether or not the vendor could be reached).
     pub requests: u64,
+    /// Calls the proxy refused, all time: counted by the admin API's reads, 0 where the proxy
+    /// looked the key up.
+    pub refusals: u64,
 }
 
 impl KeyRecord {
@@ -212,6 +215,8 @@ pub struct KeyQuery {
     pub label_prefix: Option<String>,
     /// Only keys in this status at `now`.
     pub status: Option<KeyStatus>,
+    /// Only keys for this vendor.
+    pub vendor: Option<String>,
     /// The status is judged at this moment.
     pub now: Option<OffsetDateTime>,
     /// Only keys issued after the one with this sequence number.

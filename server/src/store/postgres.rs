@@ -25,8 +25,9 @@ use time::{Date, OffsetDateTime};
 use tokio::task::JoinHandle;
 
 use super::rows::{
-    calls_of_key, encoded_policy, key_state, key_with_spend_on_day, list_keys_query, micros,
-    replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow, IDEMPOTENCY_WINDOW_MS,
+    calls_of_key, encoded_policy, key_columns, key_state, key_view_on_day, key_with_spend_on_day,
+    list_keys_query, micros, replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow,
+    IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
     utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyInvalidation, KeyQuery, KeyRecord,
@@ -353,7 +354,7 @@ async fn follow(
 }
 
 const KEY_BY_TOKEN_HASH: &str = concat!(key_with_spend_on_day!(), "$1 WHERE k.token_hash = $2");
-const KEY_BY_ID: &str = concat!(key_with_spend_on_day!(), "$1 WHERE k.id = $2");
+const KEY_BY_ID: &str = concat!(key_view_on_day!(), "$1 WHERE k.id = $2");
 
 /// Records a call and counts it against its key, in one statement; returns the call's id.
 const INSERT_COUNTED_CALL: &str = "WITH counted AS \

@@ -18,13 +18,36 @@ pub(super) const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// runs on every call and formats nothing.
 macro_rules! key_with_spend_on_day {
     () => {
+        concat!(
+            key_columns!(),
+            " FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = "
+        )
+    };
+}
+
+/// [`key_with_spend_on_day!`] with the key's refused calls counted, for the admin API's reads
+/// (the count is over a partial index of refusals; the proxy's lookups do without it).
+macro_rules! key_view_on_day {
+    () => {
+        concat!(
+            key_columns!(),
+            ", (SELECT count(*) FROM calls c WHERE c.key_id = k.id AND c.denied IS NOT NULL) \
+             AS refusals FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = "
+        )
+    };
+}
+
+/// The columns of a key and of its spend, which [`KeyRow`] decodes.
+macro_rules! key_columns {
+    () => {
         "SELECT k.seq, k.id, k.token_hash, k.label, k.vendor, k.daily_cap_micros, \
          k.allowed_endpoints, k.allowed_methods, k.created_ms, k.expires_ms, k.revoked_ms, \
          k.requests, COALESCE(s.spent_micros, 0) AS spent_micros, \
-         COALESCE(s.reserved_micros, 0) AS reserved_micros \
-         FROM keys k LEFT JOIN spend s ON s.key_id = k.id AND s.day = "
+         COALESCE(s.reserved_micros, 0) AS reserved_micros"
     };
 }
+pub(super) use key_columns;
+pub(super) use key_view_on_day;
 pub(super) use key_with_spend_on_day;
 
 /// A key's columns, as [`key_with_spend_on_day!`] selects them.
@@ -44,6 +67,9 @@ pub(super) struct KeyRow {
     requests: i64,
     spent_micros: i64,
     reserved_micros: i64,
+    /// Only in [`key_view_on_day!`].
+    #[sqlx(default)]
+    refusals: i64,
 }
 
 impl KeyRow {
@@ -80,6 +106,7 @@ impl KeyRow {
             expires_at: from_ms(self.expires_ms),
             revoked_at: self.revoked_ms.map(from_ms),
             requests: u64::try_from(self.requests).unwrap_or(0),
+            refusals: u64::try_from(self.refusals).unwrap_or(0),
         };
         let spend = DaySpend {
             spent: usd(self.spent_micros),
@@ -153,7 +180,7 @@ where
     i64: for<'q> Encode<'q, DB> + Type<DB>,
 {
     let now_ms = to_ms(query.now.unwrap_or_else(OffsetDateTime::now_utc));
-    let mut sql = QueryBuilder::<DB>::new(key_with_spend_on_day!());
+    let mut sql = QueryBuilder::<DB>::new(key_view_on_day!());
     sql.push_bind(day.to_string()).push(" WHERE 1 = 1");
     if let Some(prefix) = &query.label_prefix {
         // `substr` rather than `LIKE`: a `%` or `_` in a label is not a wildcard.
@@ -161,6 +188,9 @@ where
             .push_bind(prefix.clone())
             .push(")) = ")
             .push_bind(prefix.clone());
+    }
+    if let Some(vendor) = &query.vendor {
+        sql.push(" AND k.vendor = ").push_bind(vendor.clone());
     }
     match query.status {
         Some(KeyStatus::Revoked) => {

@@ -23,8 +23,9 @@ use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{
-    calls_of_key, encoded_policy, key_state, key_with_spend_on_day, list_keys_query, micros,
-    replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow, IDEMPOTENCY_WINDOW_MS,
+    calls_of_key, encoded_policy, key_columns, key_state, key_view_on_day, key_with_spend_on_day,
+    list_keys_query, micros, replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow,
+    IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
     utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall,
@@ -403,7 +404,7 @@ impl SqliteStore {
 }
 
 const KEY_BY_TOKEN_HASH: &str = concat!(key_with_spend_on_day!(), "? WHERE k.token_hash = ?");
-const KEY_BY_ID: &str = concat!(key_with_spend_on_day!(), "? WHERE k.id = ?");
+const KEY_BY_ID: &str = concat!(key_view_on_day!(), "? WHERE k.id = ?");
 
 #[async_trait]
 impl Store for SqliteStore {

@@ -1,0 +1,433 @@
+//! `vault-key-server keys …`: an operator's view of a running server's keys, and the one step
+//! that stops a runaway task or a whole agent run. It speaks the admin API, nothing else.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use vault_key_wire::{ErrorBody, EventPage, KeyPage, KeyStatus, KeyView, RevokedCount};
+
+/// Which server, and the admin token (from the environment only, never a flag: a flag would
+/// show in `ps` and in shell history).
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The server's base URL.
+    #[arg(long, env = "VAULT_KEY_URL", default_value = "http://127.0.0.1:8787")]
+    url: String,
+}
+
+/// The `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Keys with today's spend, reservations, cap, requests, refusals and expiry (all pages).
+    List {
+        /// Only keys in this state.
+        #[arg(long, value_enum)]
+        status: Option<Status>,
+        /// Only keys whose label starts with this (an agent run: `run-42/`).
+        #[arg(long)]
+        label_prefix: Option<String>,
+        /// Only keys for this vendor.
+        #[arg(long)]
+        vendor: Option<String>,
+        /// Print the keys as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One key, with its most recent calls and refusals.
+    Show {
+        /// The key's id (`key_…`).
+        id: String,
+        /// How many of its latest calls to show.
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+        /// Print `{"key": …, "calls": […]}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke keys by id, or every active key of a label prefix; prints how many were revoked.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["ids", "label_prefix"]))]
+    Revoke {
+        /// Key ids.
+        ids: Vec<String>,
+        /// Every active key whose label starts with this.
+        #[arg(long, conflicts_with = "ids")]
+        label_prefix: Option<String>,
+        /// Print `{"revoked": N}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A key state, as the list filter takes it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Status {
+    /// Usable now.
+    Active,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry, never revoked.
+    Expired,
+}
+
+/// Runs a `keys` subcommand; the error is the one line the operator reads.
+pub async fn run(target: Target, command: KeysCommand) -> Result<(), String> {
+    let admin = AdminClient::new(target)?;
+    match command {
+        KeysCommand::List {
+            status,
+            label_prefix,
+            vendor,
+            json,
+        } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(status) = status {
+                let status = match status {
+                    Status::Active => KeyStatus::Active,
+                    Status::Revoked => KeyStatus::Revoked,
+                    Status::Expired => KeyStatus::Expired,
+                };
+                query.push(("status", status.as_str().to_owned()));
+            }
+            query.extend(label_prefix.map(|p| ("label_prefix", p)));
+            query.extend(vendor.map(|v| ("vendor", v)));
+            let keys = admin.all_keys(&query).await?;
+            if json {
+                print_json(&keys)
+            } else {
+                print!("{}", key_table(&keys, OffsetDateTime::now_utc()));
+                Ok(())
+            }
+        }
+        KeysCommand::Show { id, calls, json } => {
+            let key: KeyView = admin
+                .get(&format!("/v1/keys/{}", path_segment(&id)?), &[])
+                .await?;
+            let page: EventPage = admin
+                .get(&format!("/v1/keys/{}/events", path_segment(&id)?), &[])
+                .await?;
+            let recent = &page.events[page.events.len().saturating_sub(calls)..];
+            if json {
+                print_json(&serde_json::json!({"key": key, "calls": recent}))
+            } else {
+                print!("{}", key_details(&key, OffsetDateTime::now_utc()));
+                println!();
+                print!("{}", call_table(recent));
+                Ok(())
+            }
+        }
+        KeysCommand::Revoke {
+            ids,
+            label_prefix,
+            json,
+        } => {
+            let revoked = match label_prefix {
+                Some(prefix) => {
+                    admin
+                        .post::<RevokedCount>(
+                            "/v1/keys/revoke",
+                            &serde_json::json!({"label_prefix": prefix}),
+                        )
+                        .await?
+                        .revoked
+                }
+                None => {
+                    // One at a time, so that an id the server does not know is named, not
+                    // skipped in silence as the batch route would.
+                    for id in &ids {
+                        admin
+                            .delete(&format!("/v1/keys/{}", path_segment(id)?))
+                            .await?;
+                    }
+                    ids.len() as u64
+                }
+            };
+            if json {
+                print_json(&RevokedCount { revoked })
+            } else {
+                println!(
+                    "revoked {revoked} key{}",
+                    if revoked == 1 { "" } else { "s" }
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An id as one path segment: ids are `key_` and base62, anything else is refused here rather
+/// than sent somewhere else on the server.
+fn path_segment(id: &str) -> Result<&str, String> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(id)
+    } else {
+        Err(format!("`{id}` is not a key id (they look like key_3Q…)"))
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+/// The admin API at one server.
+struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: SecretString,
+}
+
+impl AdminClient {
+    fn new(target: Target) -> Result<AdminClient, String> {
+        let token = std::env::var("VAULT_KEY_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or("set VAULT_KEY_ADMIN_TOKEN to the server's admin token")?;
+        let base = target.url.trim_end_matches('/').to_owned();
+        url::Url::parse(&base).map_err(|e| format!("VAULT_KEY_URL `{base}`: {e}"))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(AdminClient {
+            http,
+            base,
+            token: SecretString::from(token),
+        })
+    }
+
+    /// Every page of `GET /v1/keys` with `query`.
+    async fn all_keys(&self, query: &[(&str, String)]) -> Result<Vec<KeyView>, String> {
+        let mut keys = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut page_query = query.to_vec();
+            page_query.push(("limit", "1000".to_owned()));
+            page_query.extend(cursor.take().map(|c| ("cursor", c)));
+            let page: KeyPage = self.get("/v1/keys", &page_query).await?;
+            keys.extend(page.keys);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, String> {
+        let request = self.http.get(format!("{}{path}", self.base)).query(query);
+        self.answer(request).await
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, String> {
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.answer(request).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), String> {
+        let request = self.http.delete(format!("{}{path}", self.base));
+        self.send(request).await.map(drop)
+    }
+
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, String> {
+        let response = self.send(request).await?;
+        response.json().await.map_err(|e| {
+            format!(
+                "{}: the answer is not what this version expects: {e}",
+                self.base
+            )
+        })
+    }
+
+    /// Sends with the admin token; a refusal becomes its message and code.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+        let response = request
+            .bearer_auth(self.token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the vault-key server at {}: {e}", self.base))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        Err(match response.json::<ErrorBody>().await {
+            Ok(body) if status == reqwest::StatusCode::UNAUTHORIZED => format!(
+                "the server refused the admin token in VAULT_KEY_ADMIN_TOKEN ({}): {}",
+                body.code.as_str(),
+                body.message
+            ),
+            Ok(body) => format!("{} ({})", body.message, body.code.as_str()),
+            Err(_) => format!(
+                "{} answered {status}, not the vault-key admin API",
+                self.base
+            ),
+        })
+    }
+}
+
+/// When a key stops (or stopped) working, relative to `now`.
+fn expiry(key: &KeyView, now: OffsetDateTime) -> String {
+    match key.revoked_at {
+        Some(at) => format!("revoked {} ago", roughly(now - at)),
+        None if key.expires_at > now => format!("in {}", roughly(key.expires_at - now)),
+        None => format!("expired {} ago", roughly(now - key.expires_at)),
+    }
+}
+
+/// A span in its two largest units: `45s`, `4m59s`, `2h05m`, `3d04h`.
+fn roughly(span: time::Duration) -> String {
+    let secs = span.whole_seconds().unsigned_abs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3_600..86_400 => format!("{}h{:02}m", secs / 3_600, secs % 3_600 / 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3_600),
+    }
+}
+
+/// Rows of cells, aligned in columns (numbers to the right).
+fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                out.push_str("  ");
+            }
+            if right[i] {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+fn key_table(keys: &[KeyView], now: OffsetDateTime) -> String {
+    if keys.is_empty() {
+        return "no keys\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.clone(),
+                k.label.clone(),
+                k.vendor.clone(),
+                k.status.as_str().to_owned(),
+                format!("${}", k.spent_today_usd),
+                format!("${}", k.reserved_usd),
+                format!("${}", k.daily_usd_cap),
+                k.requests.to_string(),
+                k.refusals.to_string(),
+                expiry(k, now),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "LABEL",
+            "VENDOR",
+            "STATUS",
+            "SPENT TODAY",
+            "RESERVED",
+            "CAP",
+            "REQUESTS",
+            "REFUSALS",
+            "EXPIRES",
+        ],
+        &rows,
+        &[
+            false, false, false, false, true, true, true, true, true, false,
+        ],
+    )
+}
+
+fn key_details(key: &KeyView, now: OffsetDateTime) -> String {
+    let methods = key
+        .allowed_methods
+        .as_ref()
+        .map_or("any the vendor uses".to_owned(), |m| m.join(", "));
+    [
+        ("id", key.id.clone()),
+        ("label", key.label.clone()),
+        ("vendor", key.vendor.clone()),
+        ("status", key.status.as_str().to_owned()),
+        (
+            "spent today",
+            format!(
+                "${} of ${} (${} reserved)",
+                key.spent_today_usd, key.daily_usd_cap, key.reserved_usd
+            ),
+        ),
+        ("requests", key.requests.to_string()),
+        ("refusals", key.refusals.to_string()),
+        ("endpoints", key.allowed_endpoints.join(", ")),
+        ("methods", methods),
+        ("expires", expiry(key, now)),
+    ]
+    .iter()
+    .map(|(name, value)| format!("{name:<12} {value}\n"))
+    .collect()
+}
+
+fn call_table(events: &[vault_key_wire::Event]) -> String {
+    if events.is_empty() {
+        return "no calls\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            let outcome = match (&e.denied, e.upstream_status, e.settled_usd) {
+                (Some(code), _, _) => format!("refused: {}", code.as_str()),
+                (None, Some(status), Some(cost)) => format!("{status}, cost ${cost}"),
+                (None, Some(status), None) => format!("{status}, cost unknown"),
+                (None, None, _) => "no answer from the vendor".to_owned(),
+            };
+            vec![
+                e.at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                e.method.clone(),
+                e.path.clone(),
+                format!("${}", e.reserved_usd),
+                outcome,
+            ]
+        })
+        .collect();
+    table(
+        &["AT", "METHOD", "PATH", "RESERVED", "OUTCOME"],
+        &rows,
+        &[false, false, false, true, false],
+    )
+}
