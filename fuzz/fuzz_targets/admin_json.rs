@@ -55,12 +55,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let request = if method == "GET" {
-        // The query string must be one the HTTP parser takes, or the router never sees it.
-        if !body.iter().all(|b| b.is_ascii_graphic()) {
-            return;
-        }
+        // Bytes the HTTP parser refuses in a request target (hyper's bare 400, before the
+        // router: documented under Limits) are sent escaped, so the router sees every query.
         let mut request = format!("GET {path}").into_bytes();
-        request.extend_from_slice(body);
+        for &byte in body {
+            if byte.is_ascii_graphic() && !b"\"#<>\\^`{|}".contains(&byte) {
+                request.push(byte);
+            } else {
+                request.extend_from_slice(format!("%{byte:02X}").as_bytes());
+            }
+        }
         request.extend_from_slice(
             format!(
                 " HTTP/1.1\r\nhost: fuzz\r\nauthorization: Bearer {ADMIN}\r\nconnection: close\r\n\r\n"

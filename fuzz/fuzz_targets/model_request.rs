@@ -2,7 +2,8 @@
 //!
 //! Invariants: no panic; preparing a request twice changes nothing the second time (what is
 //! judged is what is forwarded); an accepted model call reserves at least every byte of its
-//! forwarded body as an input token plus the output limit the forwarded body states.
+//! forwarded body as an input token plus the output limit the forwarded body states, for each
+//! of its `n` choices.
 
 #![no_main]
 
@@ -48,10 +49,14 @@ fuzz_target!(|data: &[u8]| {
         return; // a free route
     };
     let forwarded: Value = serde_json::from_slice(&request.body).expect("an accepted body is JSON");
-    let output = OUTPUT_LIMITS
+    // The largest output limit the forwarded body states, for each of its `n` choices.
+    let per_choice = OUTPUT_LIMITS
         .iter()
-        .find_map(|limit| forwarded.get(limit).and_then(Value::as_u64))
+        .filter_map(|limit| forwarded.get(limit).and_then(Value::as_u64))
+        .max()
         .unwrap_or(0);
+    let choices = forwarded.get("n").and_then(Value::as_u64).unwrap_or(1);
+    let output = per_choice.saturating_mul(choices);
     let floor = Usage {
         input: request.body.len() as u64,
         output,

@@ -60,12 +60,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Some(new) = &estimate.creates {
-        if new.currency == "usd" {
+        // Micro-dollars per minor unit: a cent is 10,000; a euro cent at $1.10 is 11,000.
+        let rate = match new.currency.as_str() {
+            "usd" => Some(10_000u128),
+            "eur" => Some(11_000),
+            _ => None,
+        };
+        if let Some(rate) = rate {
             assert!(
-                u128::from(estimate.max_cost.micros()) >= u128::from(new.amount) * 10_000,
-                "reserved {} for {} cents",
+                u128::from(estimate.max_cost.micros()) >= u128::from(new.amount) * rate,
+                "reserved {} for {} {}",
                 estimate.max_cost,
-                new.amount
+                new.amount,
+                new.currency
             );
         }
     }

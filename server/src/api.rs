@@ -361,7 +361,7 @@ async fn get_key(
     let now = app.clock.now();
     let (key, spend) = app
         .store
-        .key(&id, utc_day(now))
+        .key_view(&id, utc_day(now))
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(key_view(key, spend, now)))

@@ -40,9 +40,9 @@ pub enum KeysCommand {
     Show {
         /// The key's id (`key_…`).
         id: String,
-        /// How many of its latest calls to show.
-        #[arg(long, default_value_t = 20)]
-        calls: usize,
+        /// How many of its latest calls to show (at most 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        calls: u32,
         /// Print `{"key": …, "calls": […]}` as JSON.
         #[arg(long)]
         json: bool,
@@ -95,10 +95,9 @@ pub async fn run(target: Target, command: KeysCommand) -> Result<(), String> {
             query.extend(vendor.map(|v| ("vendor", v)));
             let keys = admin.all_keys(&query).await?;
             if json {
-                print_json(&keys)
+                emit_json(&keys)
             } else {
-                print!("{}", key_table(&keys, OffsetDateTime::now_utc()));
-                Ok(())
+                emit(&key_table(&keys, OffsetDateTime::now_utc()))
             }
         }
         KeysCommand::Show { id, calls, json } => {
@@ -106,55 +105,93 @@ pub async fn run(target: Target, command: KeysCommand) -> Result<(), String> {
                 .get(&format!("/v1/keys/{}", path_segment(&id)?), &[])
                 .await?;
             let page: EventPage = admin
-                .get(&format!("/v1/keys/{}/events", path_segment(&id)?), &[])
+                .get(
+                    &format!("/v1/keys/{}/events", path_segment(&id)?),
+                    &[("limit", calls.to_string())],
+                )
                 .await?;
-            let recent = &page.events[page.events.len().saturating_sub(calls)..];
             if json {
-                print_json(&serde_json::json!({"key": key, "calls": recent}))
+                emit_json(&serde_json::json!({"key": key, "calls": page.events}))
             } else {
-                print!("{}", key_details(&key, OffsetDateTime::now_utc()));
-                println!();
-                print!("{}", call_table(recent));
-                Ok(())
+                emit(&format!(
+                    "{}\n{}",
+                    key_details(&key, OffsetDateTime::now_utc()),
+                    call_table(&page.events)
+                ))
             }
         }
         KeysCommand::Revoke {
             ids,
             label_prefix,
             json,
-        } => {
-            let revoked = match label_prefix {
-                Some(prefix) => {
-                    admin
-                        .post::<RevokedCount>(
-                            "/v1/keys/revoke",
-                            &serde_json::json!({"label_prefix": prefix}),
-                        )
-                        .await?
-                        .revoked
+        } => match label_prefix {
+            Some(prefix) => {
+                let revoked = admin
+                    .post::<RevokedCount>(
+                        "/v1/keys/revoke",
+                        &serde_json::json!({"label_prefix": prefix}),
+                    )
+                    .await?;
+                if json {
+                    emit_json(&revoked)
+                } else {
+                    emit(&format!("revoked {}\n", keys_counted(revoked.revoked)))
                 }
-                None => {
-                    // One at a time, so that an id the server does not know is named, not
-                    // skipped in silence as the batch route would.
-                    for id in &ids {
-                        admin
-                            .delete(&format!("/v1/keys/{}", path_segment(id)?))
-                            .await?;
-                    }
-                    ids.len() as u64
-                }
-            };
-            if json {
-                print_json(&RevokedCount { revoked })
-            } else {
-                println!(
-                    "revoked {revoked} key{}",
-                    if revoked == 1 { "" } else { "s" }
-                );
-                Ok(())
             }
+            None => revoke_ids(&admin, ids, json).await,
+        },
+    }
+}
+
+/// Revokes each key named, going on past a key that cannot be revoked (in an emergency the
+/// others must still stop), and says what happened to each.
+async fn revoke_ids(admin: &AdminClient, ids: Vec<String>, json: bool) -> Result<(), String> {
+    let mut unique: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        path_segment(&id)?;
+        if !unique.contains(&id) {
+            unique.push(id);
         }
     }
+    let (mut revoked, mut already, mut failed) = (0u64, 0u64, Vec::new());
+    for id in &unique {
+        let outcome = async {
+            let key: KeyView = admin.get(&format!("/v1/keys/{id}"), &[]).await?;
+            if key.status == KeyStatus::Revoked {
+                return Ok(false);
+            }
+            admin.delete(&format!("/v1/keys/{id}")).await.map(|()| true)
+        };
+        match outcome.await {
+            Ok(true) => revoked += 1,
+            Ok(false) => already += 1,
+            Err(error) => failed.push(format!("{id}: {error}")),
+        }
+    }
+    if json {
+        emit_json(&serde_json::json!({
+            "revoked": revoked, "already_revoked": already, "failed": failed,
+        }))?;
+    } else {
+        let mut summary = format!("revoked {}", keys_counted(revoked));
+        if already > 0 {
+            summary.push_str(&format!("; {} already revoked", keys_counted(already)));
+        }
+        emit(&format!("{summary}\n"))?;
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not revoke {}: {}",
+            keys_counted(failed.len() as u64),
+            failed.join("; ")
+        ))
+    }
+}
+
+fn keys_counted(n: u64) -> String {
+    format!("{n} key{}", if n == 1 { "" } else { "s" })
 }
 
 /// An id as one path segment: ids are `key_` and base62, anything else is refused here rather
@@ -167,10 +204,18 @@ fn path_segment(id: &str) -> Result<&str, String> {
     }
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+/// Writes to stdout; a reader that went away (`keys list | head`) is not an error.
+fn emit(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.to_string()),
+        _ => Ok(()),
+    }
+}
+
+fn emit_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    println!("{text}");
-    Ok(())
+    emit(&format!("{text}\n"))
 }
 
 /// The admin API at one server.
@@ -187,9 +232,28 @@ impl AdminClient {
             .filter(|t| !t.is_empty())
             .ok_or("set VAULT_KEY_ADMIN_TOKEN to the server's admin token")?;
         let base = target.url.trim_end_matches('/').to_owned();
-        url::Url::parse(&base).map_err(|e| format!("VAULT_KEY_URL `{base}`: {e}"))?;
+        let url = url::Url::parse(&base).map_err(|e| format!("VAULT_KEY_URL `{base}`: {e}"))?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(name)) => name == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(format!(
+                    "VAULT_KEY_URL `{base}`: the admin token is not sent in clear to another \
+                     host; use https://"
+                ))
+            }
+            other => return Err(format!("VAULT_KEY_URL `{base}`: `{other}` is not http(s)")),
+        }
+        // No proxy from the environment, no redirects: the token goes to this server only.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;

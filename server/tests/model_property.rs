@@ -12,7 +12,7 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
-use vault_key_server::meter::llm::{UsageFormat, UsageReader};
+use vault_key_server::meter::llm::{Usage, UsageFormat, UsageReader};
 
 /// An event an answer may carry: usage in each vendor's shape, and the noise around it.
 fn event() -> impl Strategy<Value = Value> {
@@ -93,6 +93,28 @@ proptest! {
             from = cut;
         }
         prop_assert_eq!(reader.finish(), whole);
+
+        // And what is read is right, for chat completions: the usage of the last event that
+        // reports one (the whole answer, when not streamed).
+        if format == UsageFormat::ChatCompletions {
+            let reporting: Vec<&Value> = if streamed {
+                events.iter().filter(|e| e["usage"]["completion_tokens"].is_u64()).collect()
+            } else {
+                events.last().filter(|e| e["usage"]["completion_tokens"].is_u64()).into_iter().collect()
+            };
+            let expected = reporting.last().map(|event| {
+                let usage = &event["usage"];
+                let prompt = usage["prompt_tokens"].as_u64().unwrap();
+                let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap().min(prompt);
+                Usage {
+                    input: prompt - cached,
+                    cached_input: cached,
+                    cache_write: 0,
+                    output: usage["completion_tokens"].as_u64().unwrap(),
+                }
+            });
+            prop_assert_eq!(whole, expected);
+        }
     }
 }
 

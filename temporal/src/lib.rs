@@ -96,8 +96,17 @@ impl ChargeActivities {
     ) -> Result<Charged, ActivityError> {
         let attempt = ctx.info().attempt;
         let workflow_id = ctx.info().workflow_id.clone().unwrap_or_default();
+        let budget = order
+            .budget_cents
+            .checked_mul(10_000)
+            .map(Usd::from_micros)
+            .ok_or_else(|| {
+                ActivityError::application(ApplicationFailure::non_retryable(
+                    "the order's budget is out of range",
+                ))
+            })?;
         let spec = KeySpec::new("stripe")
-            .cap_exact(Usd::from_micros(order.budget_cents * 10_000))
+            .cap_exact(budget)
             .endpoints(["/v1/payment_intents"])
             .methods(["POST"])
             .ttl(Duration::from_millis(order.attempt_timeout_ms) + Duration::from_secs(60))
@@ -106,17 +115,29 @@ impl ChargeActivities {
                 key_label_prefix(&workflow_id)
             ));
         let key = self.client.issue(&spec).await.map_err(activity_error)?;
-        // From here on, any way out but the last line drops `key`, and dropping revokes it.
-        work(&ctx, &key, Duration::from_millis(order.work_ms)).await?;
+        // From here on, any way out but the last lines drops `key`, and dropping revokes it.
+        heartbeating(
+            &ctx,
+            &key,
+            tokio::time::sleep(Duration::from_millis(order.work_ms)),
+        )
+        .await?;
         if attempt <= order.failing_attempts {
             return Err(ActivityError::application(ApplicationFailure::new(
                 format!("attempt {attempt} failed as a transient fault would"),
             )));
         }
-        let intent_id = charge(&key, &order).await.map_err(activity_error)?;
+        let intent_id = heartbeating(&ctx, &key, charge(&key, &order))
+            .await?
+            .map_err(activity_error)?;
         let key_id = key.id().to_owned();
-        // Revoke first, then report: the attempt is not done while its key still works.
-        key.revoke().await.map_err(activity_error)?;
+        // Revoke first, then report: the attempt is not done while its key still works. A
+        // revocation that fails here is left to the background revoker (it retries until the
+        // key expires): the charge happened, and reporting a failure would make Temporal retry
+        // it with a new key.
+        if let Err(error) = key.revoke().await {
+            tracing::warn!(%error, %key_id, "the key is revoked in the background");
+        }
         Ok(Charged {
             intent_id,
             key_id,
@@ -125,24 +146,26 @@ impl ChargeActivities {
     }
 }
 
-/// The work done with the key, heartbeating so that a cancellation reaches the attempt (Temporal
-/// delivers cancellations with heartbeat answers).
-async fn work(
+/// Runs `work` while heartbeating every 100 ms (with the key's id as the details), so that a
+/// cancellation reaches the attempt (Temporal delivers it with a heartbeat's answer) and a
+/// vendor call slower than the heartbeat timeout does not time the attempt out. Cancelled, it
+/// drops `work` and answers cancelled; the caller's key is then dropped, and revoked.
+async fn heartbeating<T>(
     ctx: &ActivityContext,
     key: &VaultKey,
-    length: Duration,
-) -> Result<(), ActivityError> {
-    let until = tokio::time::Instant::now() + length;
-    while tokio::time::Instant::now() < until {
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, ActivityError> {
+    let mut work = std::pin::pin!(work);
+    loop {
         ctx.record_heartbeat(key.id().to_owned())
             .await
             .map_err(|e| ActivityError::application(ApplicationFailure::new(e)))?;
         tokio::select! {
+            done = &mut work => return Ok(done),
             () = ctx.cancelled() => return Err(ActivityError::cancelled()),
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    Ok(())
 }
 
 /// The charge, with the order id as the vendor's idempotency key: a retried attempt that reaches
@@ -167,8 +190,9 @@ pub fn activity_error(error: vault_key::Error) -> ActivityError {
         | Error::Unavailable(_)
         | Error::UpstreamUnavailable { .. }
         | Error::KeyExpired => true,
+        // 409: the same idempotency key is still in flight elsewhere; it will not be for long.
         Error::Refused { status, .. } | Error::IssueRefused { status, .. } => {
-            *status == 429 || *status >= 500
+            matches!(*status, 409 | 429) || *status >= 500
         }
         _ => false,
     };
@@ -189,11 +213,21 @@ pub struct ChargeWorkflow;
 #[workflow_methods]
 impl ChargeWorkflow {
     /// Runs `charge_order` until it succeeds, fails for good, or runs out of attempts.
+    ///
+    /// Each attempt's key is capped at the order's budget, so an order spends at most
+    /// `max_attempts` × `budget_cents`: unlimited attempts (Temporal's `0`) are refused. (A cap
+    /// over all attempts together is a run budget: see the grants issue.)
     #[run]
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,
         order: ChargeOrder,
     ) -> WorkflowResult<Charged> {
+        if order.max_attempts == 0 {
+            return Err(ApplicationFailure::non_retryable(
+                "max_attempts must be at least 1: each attempt may spend the whole budget",
+            )
+            .into());
+        }
         let options = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(
             order.attempt_timeout_ms,
         ))
@@ -282,7 +316,7 @@ pub async fn connect(address: &str) -> Result<Client, BoxError> {
 /// current-thread runtime of its own.
 pub struct RunningWorker {
     shutdown: Box<dyn Fn() + Send + Sync>,
-    thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningWorker {
@@ -340,14 +374,28 @@ impl RunningWorker {
         let shutdown = ready
             .await
             .map_err(|_| "the worker thread ended before it started")??;
-        Ok(RunningWorker { shutdown, thread })
+        Ok(RunningWorker {
+            shutdown,
+            thread: Some(thread),
+        })
     }
 
     /// Asks the worker to stop, and waits until it has.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         (self.shutdown)();
-        let thread = self.thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for RunningWorker {
+    /// A worker dropped without [`RunningWorker::shutdown`] (a test that panicked) stops
+    /// polling; its thread ends on its own.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            (self.shutdown)();
+        }
     }
 }
 
@@ -403,6 +451,7 @@ impl DevServer {
             .arg(dir.path().join("temporal.db"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| match e.kind() {
@@ -416,7 +465,13 @@ impl DevServer {
             _dir: dir,
         };
         let start = tokio::time::Instant::now();
+        let mut server = server;
         while connect(&server.address).await.is_err() {
+            if let Some(status) = server.child.try_wait()? {
+                return Err(DevServerError::Io(std::io::Error::other(format!(
+                    "`temporal server start-dev` exited with {status}"
+                ))));
+            }
             if start.elapsed() > Duration::from_secs(30) {
                 return Err(DevServerError::NotListening(server.address.clone()));
             }

@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use temporalio_client::errors::WorkflowGetResultError;
 use temporalio_client::{WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions};
 use vault_key_examples::LocalServer;
 use vault_key_temporal::{
-    activity_failure, key_label_prefix, AttemptEnd, ChargeOrder, ChargeWorkflow, DevServer,
-    DevServerError, RunningWorker, TASK_QUEUE,
+    activity_failure, key_label_prefix, AttemptEnd, ChargeOrder, ChargeWorkflow, Charged,
+    DevServer, DevServerError, RunningWorker, TASK_QUEUE,
 };
 
 /// A dev server, a vault-key server and a worker, for one test.
@@ -50,6 +51,20 @@ impl Setup {
             client,
             worker,
         })
+    }
+
+    /// Runs the workflow `workflow_id` on `order` to its end.
+    async fn run(
+        &self,
+        workflow_id: &str,
+        order: ChargeOrder,
+    ) -> Result<Charged, WorkflowGetResultError> {
+        let handle = self
+            .client
+            .start_workflow(ChargeWorkflow::run, order, start_options(workflow_id))
+            .await
+            .unwrap();
+        handle.get_result(WorkflowGetResultOptions::default()).await
     }
 
     /// The keys the attempts of `workflow_id` issued, as the vault-key server lists them.
@@ -209,15 +224,7 @@ async fn each_retried_attempt_had_its_own_key_and_every_one_is_revoked() {
         failing_attempts: 2,
         ..order("o-3")
     };
-    let handle = setup
-        .client
-        .start_workflow(ChargeWorkflow::run, flaky, start_options("retried"))
-        .await
-        .unwrap();
-    let charged = handle
-        .get_result(WorkflowGetResultOptions::default())
-        .await
-        .unwrap();
+    let charged = setup.run("retried", flaky).await.unwrap();
     assert_eq!(charged.attempt, 3);
     let keys = setup.all_revoked("retried").await;
     assert_eq!(
@@ -245,15 +252,7 @@ async fn attempts_that_time_out_leave_no_key_active() {
         max_attempts: 2,
         ..order("o-4")
     };
-    let handle = setup
-        .client
-        .start_workflow(ChargeWorkflow::run, slow, start_options("times-out"))
-        .await
-        .unwrap();
-    let error = handle
-        .get_result(WorkflowGetResultOptions::default())
-        .await
-        .unwrap_err();
+    let error = setup.run("times-out", slow).await.unwrap_err();
     let failed = activity_failure(&error).unwrap_or_else(|| panic!("{error}"));
     assert_eq!(
         failed.retry_state,
@@ -307,14 +306,38 @@ async fn a_cancelled_activity_revokes_its_key() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            error,
-            temporalio_client::errors::WorkflowGetResultError::Cancelled { .. }
-        ) || matches!(activity_failure(&error), Some(f) if f.cause == AttemptEnd::Cancelled),
+        matches!(error, WorkflowGetResultError::Cancelled { .. })
+            || matches!(activity_failure(&error), Some(f) if f.cause == AttemptEnd::Cancelled),
         "{error}"
     );
     let keys = setup.all_revoked("cancelled").await;
     assert_eq!(labels(&keys), ["temporal/cancelled/attempt-1"]);
     assert_eq!(setup.intents_created(), 0);
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlimited_attempts_are_refused_before_any_key_is_issued() {
+    let Some(setup) = Setup::start("unlimited_attempts_are_refused_before_any_key_is_issued").await
+    else {
+        return;
+    };
+    let unlimited = ChargeOrder {
+        max_attempts: 0,
+        ..order("o-6")
+    };
+    let error = setup.run("unlimited", unlimited).await.unwrap_err();
+    assert!(activity_failure(&error).is_none(), "{error}");
+    let WorkflowGetResultError::Failed(failure) = &error else {
+        panic!("{error}");
+    };
+    assert!(
+        failure
+            .failure()
+            .message
+            .contains("max_attempts must be at least 1"),
+        "{error}"
+    );
+    assert!(setup.keys("unlimited").await.is_empty());
     setup.stop().await;
 }

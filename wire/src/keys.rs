@@ -215,7 +215,7 @@ pub struct Event {
     pub reconciled: bool,
 }
 
-/// `GET /v1/keys/{id}/events`.
+/// `GET /v1/keys/{id}/events?limit=N`: the key's latest `N` calls (default and most 1000).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventPage {
     /// Oldest first.

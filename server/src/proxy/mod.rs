@@ -196,26 +196,33 @@ async fn release_unforwarded(store: Arc<CachedStore>, call_id: i64) {
     settle_retrying(store, call_id, unsent, None).await;
 }
 
-/// Settles a call, retrying for about half a minute while the store fails (slow, locked, full,
-/// away): a settlement given up on leaves the reservation held until the reconciliation sweep
-/// counts it as spent. Settling is idempotent, so a retry after an answer lost on its way back
-/// changes nothing.
+/// Settles a call, retrying for about a minute while the store fails (slow, locked, full, away):
+/// a settlement given up on leaves the reservation held until the reconciliation sweep counts it
+/// as spent, which loses what a call billed above its reservation and over-counts one that cost
+/// less. Settling is idempotent (a call is settled once, whoever tries), so a retry after an
+/// answer lost on its way back changes nothing. The waits are jittered so that calls that failed
+/// together do not all come back together.
 async fn settle_retrying(
     store: Arc<CachedStore>,
     call_id: i64,
     settlement: Settlement,
     status: Option<u16>,
 ) {
-    const ATTEMPTS: u32 = 10;
+    const ATTEMPTS: u32 = 16;
     let mut wait = std::time::Duration::from_millis(100);
     for attempt in 1..=ATTEMPTS {
         match store.settle_call(call_id, &settlement, status).await {
             Ok(_) => return,
             Err(error) if attempt == ATTEMPTS => {
-                tracing::error!(%error, call_id, "could not settle a call; its reservation stays until reconciled");
+                // Enough to correct the books by hand.
+                tracing::error!(
+                    %error, call_id, cost_usd = %settlement.cost, upstream_status = ?status,
+                    "could not settle a call; its reservation stays until reconciled"
+                );
             }
             Err(_) => {
-                tokio::time::sleep(wait).await;
+                let jitter = rand::random_range(0.5..1.5);
+                tokio::time::sleep(wait.mul_f64(jitter)).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(5));
             }
         }

@@ -250,6 +250,14 @@ impl Store for CachedStore {
         within_deadline(self.inner.key(id, day)).await
     }
 
+    async fn key_view(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        within_deadline(self.inner.key_view(id, day)).await
+    }
+
     async fn list_keys(
         &self,
         query: &KeyQuery,

@@ -169,8 +169,8 @@ pub struct KeyRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// Calls forwarded to the vendor (whether or not the vendor could be reached).
     pub requests: u64,
-    /// Calls the proxy refused, all time: counted by the admin API's reads, 0 where the proxy
-    /// looked the key up.
+    /// Calls the proxy refused, all time: counted by the admin API's reads (`key_view`,
+    /// `list_keys`), 0 where the proxy looked the key up.
     pub refusals: u64,
 }
 
@@ -356,6 +356,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError>;
     /// The key with this id, with its spend on `day`.
     async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError>;
+    /// The key with this id, with its spend on `day` and its refusals counted: the admin API's
+    /// read (the proxy's lookups do without the count).
+    async fn key_view(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError>;
     /// A page of keys with their sequence numbers (the cursor) and spend on `day`.
     async fn list_keys(
         &self,
@@ -405,7 +412,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Records a refused call.
     async fn record_denial(&self, denial: &DeniedCall) -> Result<(), StoreError>;
-    /// The key's calls, oldest first.
+    /// The key's latest `limit` calls, oldest first.
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError>;
     /// Whether the store answers at all (for `/healthz`: cheap, whatever the number of keys).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -354,7 +354,8 @@ async fn follow(
 }
 
 const KEY_BY_TOKEN_HASH: &str = concat!(key_with_spend_on_day!(), "$1 WHERE k.token_hash = $2");
-const KEY_BY_ID: &str = concat!(key_view_on_day!(), "$1 WHERE k.id = $2");
+const KEY_BY_ID: &str = concat!(key_with_spend_on_day!(), "$1 WHERE k.id = $2");
+const KEY_VIEW_BY_ID: &str = concat!(key_view_on_day!(), "$1 WHERE k.id = $2");
 
 /// Records a call and counts it against its key, in one statement; returns the call's id.
 const INSERT_COUNTED_CALL: &str = "WITH counted AS \
@@ -417,6 +418,14 @@ impl Store for PostgresStore {
 
     async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
         self.fetch_key(KEY_BY_ID, day, id.to_owned()).await
+    }
+
+    async fn key_view(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        self.fetch_key(KEY_VIEW_BY_ID, day, id.to_owned()).await
     }
 
     async fn list_keys(
@@ -577,12 +586,12 @@ impl Store for PostgresStore {
 
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
         let rows: Vec<CallRow> =
-            sqlx::query_as(concat!(calls_of_key!(), "$1 ORDER BY id LIMIT $2"))
+            sqlx::query_as(concat!(calls_of_key!(), "$1 ORDER BY id DESC LIMIT $2"))
                 .bind(key_id)
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter().map(CallRow::decode).collect()
+        rows.into_iter().rev().map(CallRow::decode).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -404,7 +404,8 @@ impl SqliteStore {
 }
 
 const KEY_BY_TOKEN_HASH: &str = concat!(key_with_spend_on_day!(), "? WHERE k.token_hash = ?");
-const KEY_BY_ID: &str = concat!(key_view_on_day!(), "? WHERE k.id = ?");
+const KEY_BY_ID: &str = concat!(key_with_spend_on_day!(), "? WHERE k.id = ?");
+const KEY_VIEW_BY_ID: &str = concat!(key_view_on_day!(), "? WHERE k.id = ?");
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -450,6 +451,19 @@ impl Store for SqliteStore {
     async fn key(&self, id: &str, day: Date) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
         self.fetch_key(sqlx::query_as(KEY_BY_ID).bind(day.to_string()).bind(id))
             .await
+    }
+
+    async fn key_view(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(KeyRecord, DaySpend)>, StoreError> {
+        self.fetch_key(
+            sqlx::query_as(KEY_VIEW_BY_ID)
+                .bind(day.to_string())
+                .bind(id),
+        )
+        .await
     }
 
     async fn list_keys(
@@ -631,12 +645,13 @@ impl Store for SqliteStore {
     }
 
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
-        let rows: Vec<CallRow> = sqlx::query_as(concat!(calls_of_key!(), "? ORDER BY id LIMIT ?"))
-            .bind(key_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-        rows.into_iter().map(CallRow::decode).collect()
+        let rows: Vec<CallRow> =
+            sqlx::query_as(concat!(calls_of_key!(), "? ORDER BY id DESC LIMIT ?"))
+                .bind(key_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter().rev().map(CallRow::decode).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
