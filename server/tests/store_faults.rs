@@ -335,12 +335,23 @@ async fn a_database_on_a_read_only_file_system_is_refused_at_start_with_the_reas
     let server = start_with(|config| config.database_url = database_url.clone()).await;
     issue(&server, load_key_body("before")).await;
     server.shutdown().await;
-    let remounted = std::process::Command::new("mount")
+    // The server's connections close in the background after shutdown; until they have, the
+    // file system is busy and cannot be made read-only.
+    let start = Instant::now();
+    while !std::process::Command::new("mount")
         .args(["-o", "remount,ro"])
         .arg(disk.path())
+        .stderr(std::process::Stdio::null())
         .status()
-        .unwrap();
-    assert!(remounted.success());
+        .unwrap()
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the file system stayed busy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut config = vault_key_server::ServerConfig::sandbox(secrecy::SecretString::from(ADMIN));
     config.database_url = database_url;
