@@ -12,7 +12,7 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
-use vault_key_server::meter::llm::{Usage, UsageFormat, UsageReader};
+use vault_key_server::meter::llm::{PriceTable, Usage, UsageFormat, UsageReader};
 
 /// An event an answer may carry: usage in each vendor's shape, and the noise around it.
 fn event() -> impl Strategy<Value = Value> {
@@ -211,6 +211,55 @@ impl ModelCase {
     }
 }
 
+/// What a vendor billed for a JSON answer, read by this test from the answer's `usage` in each
+/// vendor's documented shape (not by the meter's reader), each kind of token priced per million
+/// and rounded up to the micro-dollar.
+fn billed_micros(route: usize, answer: &Value) -> u64 {
+    let (vendor, _, model) = ROUTES[route];
+    let table = if vendor == "openai" {
+        PriceTable::openai()
+    } else {
+        PriceTable::anthropic()
+    };
+    let price = table.get(model).unwrap();
+    let usage = &answer["usage"];
+    let count = |field: &Value| field.as_u64().unwrap_or(0);
+    // (full-price input, cached input, cache writes, output)
+    let tokens = match route {
+        0 => {
+            let cached = count(&usage["prompt_tokens_details"]["cached_tokens"]);
+            (
+                count(&usage["prompt_tokens"]) - cached,
+                cached,
+                0,
+                count(&usage["completion_tokens"]),
+            )
+        }
+        1 => {
+            let cached = count(&usage["input_tokens_details"]["cached_tokens"]);
+            (
+                count(&usage["input_tokens"]) - cached,
+                cached,
+                0,
+                count(&usage["output_tokens"]),
+            )
+        }
+        _ => (
+            count(&usage["input_tokens"]),
+            count(&usage["cache_read_input_tokens"]),
+            count(&usage["cache_creation_input_tokens"]),
+            count(&usage["output_tokens"]),
+        ),
+    };
+    let priced = |tokens: u64, per_million: vault_key_wire::Usd| {
+        (u128::from(tokens) * u128::from(per_million.micros())).div_ceil(1_000_000) as u64
+    };
+    priced(tokens.0, price.input)
+        + priced(tokens.1, price.cached_input)
+        + priced(tokens.2, price.cache_write)
+        + priced(tokens.3, price.output)
+}
+
 #[test]
 fn a_model_call_the_proxy_admits_is_billed_at_most_what_was_reserved() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -225,7 +274,9 @@ fn a_model_call_the_proxy_admits_is_billed_at_most_what_was_reserved() {
             runtime.block_on(issue(&server, model_key(vendor, 100_000.0, &[path])))
         })
         .collect();
-    let admitted = std::cell::RefCell::new(vec![0usize; ROUTES.len()]);
+    // Per route, each admitted call in order: what the vendor billed, when this test can read
+    // it from a JSON answer (streamed answers are left to the meter's own settlement).
+    let admitted = std::cell::RefCell::new(vec![Vec::<Option<u64>>::new(); ROUTES.len()]);
     let mut runner = TestRunner::new(Config {
         cases: 48,
         failure_persistence: None,
@@ -236,42 +287,48 @@ fn a_model_call_the_proxy_admits_is_billed_at_most_what_was_reserved() {
             let (vendor, path, _) = ROUTES[case.route];
             let key = &keys[case.route];
             let output_tokens = case.output_tokens.to_string();
-            let status = runtime.block_on(async {
-                let response = model_call(
-                    &server,
-                    vendor,
-                    token(key),
-                    path,
-                    &case.body(),
-                    &[("x-sandbox-output-tokens", output_tokens.as_str())],
-                )
-                .send()
-                .await
-                .unwrap();
-                let status = response.status().as_u16();
-                let answer = response.bytes().await.unwrap();
-                if status != 200 {
-                    let refusal: Value = serde_json::from_slice(&answer).unwrap();
-                    assert_eq!(status, 400, "{refusal}");
-                    assert_eq!(refusal["code"], "unmeterable_request", "{refusal}");
-                }
-                status
-            });
-            if status == 200 {
-                admitted.borrow_mut()[case.route] += 1;
+            let outcome =
+                runtime.block_on(async {
+                    let response = model_call(
+                        &server,
+                        vendor,
+                        token(key),
+                        path,
+                        &case.body(),
+                        &[("x-sandbox-output-tokens", output_tokens.as_str())],
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                    let status = response.status().as_u16();
+                    let answer = response.bytes().await.unwrap();
+                    if status != 200 {
+                        let refusal: Value = serde_json::from_slice(&answer).unwrap();
+                        assert_eq!(status, 400, "{refusal}");
+                        assert_eq!(refusal["code"], "unmeterable_request", "{refusal}");
+                        return None;
+                    }
+                    Some((!case.stream).then(|| {
+                        billed_micros(case.route, &serde_json::from_slice(&answer).unwrap())
+                    }))
+                });
+            if let Some(billed) = outcome {
+                admitted.borrow_mut()[case.route].push(billed);
             }
             Ok(())
         })
         .unwrap();
     let admitted = admitted.into_inner();
-    eprintln!("admitted per route (chat, responses, anthropic): {admitted:?}");
+    let counts: Vec<usize> = admitted.iter().map(Vec::len).collect();
+    eprintln!("admitted per route (chat, responses, anthropic): {counts:?}");
     assert!(
-        admitted.iter().all(|&n| n > 0),
-        "every route admitted some calls: {admitted:?}"
+        counts.iter().all(|&n| n > 0),
+        "every route admitted some calls: {counts:?}"
     );
 
     // Every admitted call settled on the usage the vendor reported, at most what it reserved.
-    for (key, admitted) in keys.iter().zip(&admitted) {
+    for (key, billed) in keys.iter().zip(&admitted) {
+        let admitted = &billed.len();
         let events = runtime.block_on(async {
             let path = format!("/v1/keys/{}/events", key["id"].as_str().unwrap());
             for _ in 0..500 {
@@ -289,18 +346,30 @@ fn a_model_call_the_proxy_admits_is_billed_at_most_what_was_reserved() {
             }
             panic!("not every admitted call settled");
         });
-        for event in events.as_array().unwrap() {
-            if event["upstream_status"] != 200 {
-                continue;
-            }
+        let answered = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["upstream_status"] == 200);
+        for (event, billed) in answered.zip(billed) {
             let (reserved, settled) = (
                 micros(&event["reserved_usd"]),
                 micros(&event["settled_usd"]),
             );
             assert!(
                 settled <= reserved,
-                "billed {settled} µ$ above the {reserved} µ$ reserved: {event}"
+                "settled {settled} µ$ above the {reserved} µ$ reserved: {event}"
             );
+            if let Some(billed) = *billed {
+                assert_eq!(
+                    settled, billed,
+                    "settled on other usage than the vendor billed: {event}"
+                );
+                assert!(
+                    billed <= reserved,
+                    "billed {billed} µ$ above the {reserved} µ$ reserved: {event}"
+                );
+            }
         }
     }
 }
