@@ -51,15 +51,7 @@ async fn fleet(server: &Server) -> (Value, Value, Value) {
     let a = stripe_key(server, "run-1/charge", 5.0).await;
     let b = stripe_key(server, "run-1/lookup", 5.0).await;
     let c = stripe_key(server, "run-2/charge", 5.0).await;
-    let (status, _) = stripe_form(
-        &server.url(),
-        token(&a),
-        "/v1/payment_intents",
-        "amount=100&currency=usd",
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_eq!(charge(server, token(&a), 100).await.0, 200);
     let (status, body) =
         stripe_form(&server.url(), token(&a), "/v1/refunds", "charge=ch_1", &[]).await;
     assert_eq!(
@@ -198,14 +190,7 @@ async fn revoke_stops_a_key_or_a_whole_run_and_the_next_call_is_refused() {
     let (a, b, c) = fleet(&server).await;
     let run = operator(&server, &["revoke", id(&a)]).await;
     assert_eq!(run.stdout, "revoked 1 key\n");
-    let (status, body) = stripe_form(
-        &server.url(),
-        token(&a),
-        "/v1/payment_intents",
-        "amount=100&currency=usd",
-        &[],
-    )
-    .await;
+    let (status, body) = charge(&server, token(&a), 100).await;
     assert_eq!((status, &body["code"]), (401, &Value::from("key_revoked")));
 
     // The rest of run 1, in one step; run 2 goes on.
