@@ -954,3 +954,88 @@ async fn a_cap_lowered_behind_the_cache_holds_at_the_next_charge() {
     );
     assert_eq!(server.sandbox().unwrap().received_count(), before);
 }
+
+/// Output limits written as look-alikes of a whole number (a float, an exponent, a string, a
+/// negative, a number past f64), and numbers elsewhere that a parse-and-print could alter: each
+/// call is refused, or reaches the vendor with a whole-number limit no larger than the model's
+/// ceiling (the one reserved for) and every other number exactly as sent.
+#[tokio::test]
+async fn look_alike_output_limits_never_reach_the_vendor_above_what_was_reserved() {
+    let server = start().await;
+    let key = issue(
+        &server,
+        model_key("openai", 100.0, &["/v1/chat/completions"]),
+    )
+    .await;
+    let ceiling = vault_key_server::meter::PriceTable::openai()
+        .get("gpt-4o-mini")
+        .unwrap()
+        .max_output_tokens;
+    let limits = [
+        "1e6",
+        "100.0",
+        "1.5",
+        "\"100\"",
+        "-1",
+        "1e400",
+        "18446744073709551616",
+        "0",
+        "null",
+        "true",
+        "[100]",
+        "{\"n\":1}",
+        "100",
+    ];
+    let sandbox = server.sandbox().unwrap();
+    let mut admitted = 0;
+    for limit in limits {
+        let body = format!(
+            r#"{{"model":"gpt-4o-mini","max_completion_tokens":{limit},"temperature":0.30000000000000004,"seed":33333333333333333333333333333333333333320,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let before = sandbox.received_count();
+        let (status, answer) = send(
+            http()
+                .post(format!("{}/openai/v1/chat/completions", server.url()))
+                .bearer_auth(token(&key))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+        let forwarded = sandbox.received();
+        if status != 200 {
+            assert_eq!(
+                (status, answer["code"].as_str()),
+                (400, Some("unmeterable_request")),
+                "{limit}: {answer}"
+            );
+            assert_eq!(forwarded.len(), before, "{limit} was refused yet forwarded");
+            continue;
+        }
+        admitted += 1;
+        let sent = forwarded.last().unwrap();
+        let text = String::from_utf8_lossy(&sent.body);
+        let sent: serde_json::Value = serde_json::from_slice(&sent.body).unwrap();
+        let forwarded_limit = sent["max_completion_tokens"].as_u64();
+        assert!(
+            forwarded_limit.is_some_and(|l| l <= ceiling),
+            "{limit} forwarded as {text}"
+        );
+        // Numbers the meter does not read travel as the vendor will read them: the float
+        // exactly, the huge integer as the same f64 it parses to.
+        assert_eq!(
+            sent["temperature"].as_f64(),
+            Some(0.30000000000000004),
+            "{text}"
+        );
+        assert_eq!(
+            sent["seed"].as_f64(),
+            Some(33333333333333333333333333333333333333320.0),
+            "{text}"
+        );
+    }
+    // Some look-alikes (`null`: no limit) are admitted, with the ceiling pinned in their place.
+    assert!(
+        admitted > 0,
+        "every look-alike was refused: the forwarded branch went untested"
+    );
+}
