@@ -11,28 +11,17 @@ use vault_key::{Client, KeySpec};
 use vault_key_examples::{
     agent_backend, layered, rollout, serve, start_sandbox_server, tools, worker, LocalServer,
 };
-use vault_key_wire::{KeyPage, KeyView};
-
-async fn admin_get<T: serde::de::DeserializeOwned>(local: &LocalServer, path: &str) -> T {
-    reqwest::Client::new()
-        .get(format!("{}{path}", local.server.url()))
-        .bearer_auth(&local.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use vault_key_wire::KeyView;
 
 async fn keys_labelled(local: &LocalServer, prefix: &str) -> Vec<KeyView> {
-    admin_get::<KeyPage>(local, &format!("/v1/keys?label_prefix={prefix}"))
-        .await
-        .keys
+    local.keys_labelled(prefix).await.unwrap()
 }
 
 async fn key_view(local: &LocalServer, id: &str) -> KeyView {
-    admin_get(local, &format!("/v1/keys/{id}")).await
+    local
+        .admin_get(&format!("/v1/keys/{id}"), &[])
+        .await
+        .unwrap()
 }
 
 /// Calls one of the backend's tools as agent run `run`; returns the status and JSON answer.

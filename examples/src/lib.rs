@@ -56,6 +56,36 @@ pub struct LocalServer {
     pub admin_token: String,
 }
 
+impl LocalServer {
+    /// `GET path` on the admin API, with the admin token, decoded.
+    pub async fn admin_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, reqwest::Error> {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.server.url()))
+            .query(query)
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+    }
+
+    /// The keys whose label starts with `prefix` (first page), as the server reports them.
+    pub async fn keys_labelled(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<vault_key_wire::KeyView>, reqwest::Error> {
+        let page: vault_key_wire::KeyPage = self
+            .admin_get("/v1/keys", &[("label_prefix", prefix), ("limit", "1000")])
+            .await?;
+        Ok(page.keys)
+    }
+}
+
 /// Starts a vault-key server in this process, with a fresh random admin token.
 pub async fn start_sandbox_server() -> Result<LocalServer, Box<dyn std::error::Error>> {
     let admin_token = Alphanumeric.sample_string(&mut rand::rng(), 32);

@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use temporalio_client::errors::WorkflowGetResultError;
 use temporalio_client::{WorkflowCancelOptions, WorkflowGetResultOptions, WorkflowStartOptions};
 use vault_key_examples::LocalServer;
@@ -16,6 +15,7 @@ use vault_key_temporal::{
     activity_failure, key_label_prefix, AttemptEnd, ChargeOrder, ChargeWorkflow, Charged,
     DevServer, DevServerError, RunningWorker, TASK_QUEUE,
 };
+use vault_key_wire::{KeyStatus, KeyView};
 
 /// A dev server, a vault-key server and a worker, for one test.
 struct Setup {
@@ -68,30 +68,19 @@ impl Setup {
     }
 
     /// The keys the attempts of `workflow_id` issued, as the vault-key server lists them.
-    async fn keys(&self, workflow_id: &str) -> Vec<Value> {
-        let url = format!(
-            "{}/v1/keys?label_prefix={}&limit=100",
-            self.vault.server.url(),
-            key_label_prefix(workflow_id)
-        );
-        let page: Value = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(&self.vault.admin_token)
-            .send()
+    async fn keys(&self, workflow_id: &str) -> Vec<KeyView> {
+        self.vault
+            .keys_labelled(&key_label_prefix(workflow_id))
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        page["keys"].as_array().unwrap().clone()
     }
 
     /// Waits (at most 10 s) until every key of `workflow_id` is revoked; returns them.
-    async fn all_revoked(&self, workflow_id: &str) -> Vec<Value> {
+    async fn all_revoked(&self, workflow_id: &str) -> Vec<KeyView> {
         let start = Instant::now();
         loop {
             let keys = self.keys(workflow_id).await;
-            if keys.iter().all(|k| k["status"] == "revoked") {
+            if keys.iter().all(|k| k.status == KeyStatus::Revoked) {
                 return keys;
             }
             assert!(
@@ -135,11 +124,8 @@ fn order(order_id: &str) -> ChargeOrder {
 }
 
 /// The labels of `keys`, sorted: one per attempt.
-fn labels(keys: &[Value]) -> Vec<String> {
-    let mut labels: Vec<String> = keys
-        .iter()
-        .map(|k| k["label"].as_str().unwrap().to_owned())
-        .collect();
+fn labels(keys: &[KeyView]) -> Vec<String> {
+    let mut labels: Vec<String> = keys.iter().map(|k| k.label.clone()).collect();
     labels.sort();
     labels
 }
@@ -167,9 +153,12 @@ async fn a_completed_activity_revoked_its_key_before_it_reported() {
     // No waiting: the activity reported only once the server had revoked its key.
     let keys = setup.keys("completes").await;
     assert_eq!(keys.len(), 1, "{keys:?}");
-    assert_eq!(keys[0]["id"], charged.key_id.as_str());
-    assert_eq!(keys[0]["status"], "revoked");
-    assert_eq!(keys[0]["spent_today_usd"], 25);
+    assert_eq!(keys[0].id, charged.key_id);
+    assert_eq!(keys[0].status, KeyStatus::Revoked);
+    assert_eq!(
+        keys[0].spent_today_usd,
+        vault_key::Usd::from_micros(25_000_000)
+    );
     assert_eq!(setup.intents_created(), 1);
     setup.stop().await;
 }
@@ -296,7 +285,7 @@ async fn a_cancelled_activity_revokes_its_key() {
         assert!(start.elapsed() < Duration::from_secs(10), "no key issued");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(setup.keys("cancelled").await[0]["status"], "active");
+    assert_eq!(setup.keys("cancelled").await[0].status, KeyStatus::Active);
     handle
         .cancel(WorkflowCancelOptions::default())
         .await

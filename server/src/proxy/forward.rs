@@ -232,7 +232,7 @@ impl Forward {
         let status = status.map(|s| s.as_u16());
         match self.reservation {
             Some(reservation) => {
-                settle(app, &self.key_id, reservation.call_id, settlement, status).await
+                super::settle(&app.store, reservation.call_id, settlement, status).await
             }
             None => {
                 let store = Arc::clone(&app.store);
@@ -262,27 +262,6 @@ impl Forward {
                 tracing::error!(%error, key_id = %self.key_id, "could not end a call in flight; it ends when its lease does");
             }
         }
-    }
-}
-
-/// Settles a call with what its answer said it cost. A store that fails is retried in the
-/// background rather than holding up the answer; until then the reservation stays in place, so
-/// spend is over-counted for a while, never lost.
-async fn settle(
-    app: &App,
-    key_id: &str,
-    call_id: i64,
-    settlement: Settlement,
-    status: Option<u16>,
-) {
-    if let Err(error) = app.store.settle_call(call_id, &settlement, status).await {
-        tracing::warn!(%error, %key_id, "could not settle a call; retrying");
-        tokio::spawn(super::settle_retrying(
-            Arc::clone(&app.store),
-            call_id,
-            settlement,
-            status,
-        ));
     }
 }
 
@@ -330,7 +309,7 @@ impl UsageTap {
                     cost,
                     created: None,
                 };
-                settle(&app, &key_id, call_id, settlement, Some(status.as_u16())).await;
+                super::settle(&app.store, call_id, settlement, Some(status.as_u16())).await;
             }
             None => {
                 tracing::warn!(%key_id, %vendor, "model call reported no usage; its reservation stays");

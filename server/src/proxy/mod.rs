@@ -193,24 +193,46 @@ async fn release_unforwarded(store: Arc<CachedStore>, call_id: i64) {
         cost: Usd::ZERO,
         created: None,
     };
-    settle_retrying(store, call_id, unsent, None).await;
+    settle(&store, call_id, unsent, None).await;
 }
 
-/// Settles a call, retrying for about a minute while the store fails (slow, locked, full, away):
-/// a settlement given up on leaves the reservation held until the reconciliation sweep counts it
-/// as spent, which loses what a call billed above its reservation and over-counts one that cost
-/// less. Settling is idempotent (a call is settled once, whoever tries), so a retry after an
-/// answer lost on its way back changes nothing. The waits are jittered so that calls that failed
-/// together do not all come back together.
-async fn settle_retrying(
+/// Settles a call with what it cost. A store that fails is retried in the background rather
+/// than holding up the answer; until then the reservation stays in place, so spend is
+/// over-counted for a while, not lost.
+async fn settle(
+    store: &Arc<CachedStore>,
+    call_id: i64,
+    settlement: Settlement,
+    status: Option<u16>,
+) {
+    if let Err(error) = store.settle_call(call_id, &settlement, status).await {
+        tracing::warn!(%error, call_id, "could not settle a call; retrying in the background");
+        tokio::spawn(retry_settlement(
+            Arc::clone(store),
+            call_id,
+            settlement,
+            status,
+        ));
+    }
+}
+
+/// Retries a settlement that failed, for about a minute while the store fails (slow, locked,
+/// full, away): a settlement given up on leaves the reservation held until the reconciliation
+/// sweep counts it as spent, which loses what a call billed above its reservation and
+/// over-counts one that cost less. Settling is idempotent (a call is settled once, whoever
+/// tries), so a retry after an answer lost on its way back changes nothing. Each attempt waits
+/// first, jittered, so that calls that failed together do not all come back together.
+async fn retry_settlement(
     store: Arc<CachedStore>,
     call_id: i64,
     settlement: Settlement,
     status: Option<u16>,
 ) {
-    const ATTEMPTS: u32 = 16;
+    const ATTEMPTS: u32 = 15;
     let mut wait = std::time::Duration::from_millis(100);
     for attempt in 1..=ATTEMPTS {
+        tokio::time::sleep(wait.mul_f64(rand::random_range(0.5..1.5))).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
         match store.settle_call(call_id, &settlement, status).await {
             Ok(_) => return,
             Err(error) if attempt == ATTEMPTS => {
@@ -220,11 +242,7 @@ async fn settle_retrying(
                     "could not settle a call; its reservation stays until reconciled"
                 );
             }
-            Err(_) => {
-                let jitter = rand::random_range(0.5..1.5);
-                tokio::time::sleep(wait.mul_f64(jitter)).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(5));
-            }
+            Err(_) => {}
         }
     }
 }
