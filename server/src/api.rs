@@ -20,7 +20,7 @@ use vault_key_wire::{
 use crate::app::App;
 use crate::config::standard_method;
 use crate::error::ApiError;
-use crate::store::{utc_day, DaySpend, KeyQuery, KeyRecord, Revoked, Store};
+use crate::store::{utc_day, CallRecord, DaySpend, KeyQuery, KeyRecord, Revoked, Store};
 use crate::token;
 
 /// Longest label, in bytes.
@@ -326,7 +326,7 @@ fn method_strings(methods: Option<&[http::Method]>) -> Option<Vec<String>> {
     methods.map(|methods| methods.iter().map(ToString::to_string).collect())
 }
 
-fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> KeyView {
+pub(crate) fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> KeyView {
     KeyView {
         status: key.status(now),
         id: key.id,
@@ -372,13 +372,8 @@ async fn revoke_key(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match app.store.revoke(&id, app.clock.now()).await? {
-        Revoked::Now => {
-            app.metrics.keys_revoked("one", 1);
-            tracing::info!(key_id = %id, "key revoked");
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Revoked::Already => Ok(StatusCode::NO_CONTENT),
+    match app.revoke_key(&id).await? {
+        Revoked::Now | Revoked::Already => Ok(StatusCode::NO_CONTENT),
         Revoked::NotFound => Err(not_found()),
     }
 }
@@ -396,8 +391,7 @@ async fn revoke_many(
             "the body must be a JSON object: {\"label_prefix\": \"…\"} or {\"ids\": [\"key_…\"]}",
         )),
     };
-    let now = app.clock.now();
-    let (form, revoked) = match (request.get("label_prefix"), request.get("ids")) {
+    let revoked = match (request.get("label_prefix"), request.get("ids")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_request(
                 "give `label_prefix` or `ids`, not both",
@@ -414,16 +408,9 @@ async fn revoke_many(
                     ))
                 }
             };
-            let revoked = app.store.revoke_by_label_prefix(prefix, now).await?;
-            tracing::info!(label_prefix = %prefix, revoked, "keys revoked by label prefix");
-            ("label_prefix", revoked)
+            app.revoke_label_prefix(prefix).await?
         }
-        (None, Some(ids)) => {
-            let ids = key_ids(ids)?;
-            let revoked = app.store.revoke_ids(&ids, now).await?;
-            tracing::info!(keys = ids.len(), revoked, "keys revoked by id");
-            ("ids", revoked)
-        }
+        (None, Some(ids)) => app.revoke_key_ids(&key_ids(ids)?).await?,
         (None, None) => {
             return Err(ApiError::invalid_field(
                 "label_prefix",
@@ -431,13 +418,12 @@ async fn revoke_many(
             ))
         }
     };
-    app.metrics.keys_revoked(form, revoked);
     Ok(Json(RevokedCount { revoked }))
 }
 
 /// A label prefix as given, if a label could start with it (no label is longer or holds a
 /// control character, and a NUL would not even reach every database).
-fn label_prefix(prefix: &str) -> Result<&str, ApiError> {
+pub(crate) fn label_prefix(prefix: &str) -> Result<&str, ApiError> {
     if prefix.len() > MAX_LABEL_LEN || prefix.chars().any(char::is_control) {
         return Err(ApiError::invalid_field(
             "label_prefix",
@@ -470,7 +456,7 @@ fn key_ids(ids: &Value) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
+pub(crate) fn query_pairs(query: Option<&str>) -> HashMap<String, String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .into_owned()
         .collect()
@@ -576,18 +562,23 @@ async fn key_events(
         .calls(&id, limit)
         .await?
         .into_iter()
-        .map(|call| Event {
-            at: call.at,
-            method: call.method,
-            path: call.path,
-            upstream_status: call.upstream_status,
-            reserved_usd: call.reserved,
-            settled_usd: call.settled,
-            denied: call.denied,
-            reconciled: call.reconciled,
-        })
+        .map(event)
         .collect();
     Ok(Json(EventPage { events }))
+}
+
+/// A call of a key's audit trail, as the admin API shows it.
+pub(crate) fn event(call: CallRecord) -> Event {
+    Event {
+        at: call.at,
+        method: call.method,
+        path: call.path,
+        upstream_status: call.upstream_status,
+        reserved_usd: call.reserved,
+        settled_usd: call.settled,
+        denied: call.denied,
+        reconciled: call.reconciled,
+    }
 }
 
 async fn info(State(app): State<Arc<App>>) -> Json<ServerInfo> {

@@ -8,8 +8,9 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::clock::Clock;
+use crate::dashboard::Sessions;
 use crate::metrics::Metrics;
-use crate::store::CachedStore;
+use crate::store::{CachedStore, Revoked, Store, StoreError};
 use crate::token::TokenHash;
 use crate::vendor::Vendor;
 
@@ -48,6 +49,8 @@ pub struct App {
     pub max_header_bytes: usize,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
+    /// The dashboard's signed-in browsers.
+    pub sessions: Sessions,
 }
 
 impl std::fmt::Debug for App {
@@ -87,6 +90,38 @@ impl App {
                 self.is_admin(token) | is_metrics
             }
         }
+    }
+}
+
+/// Revocations, from the admin API and the dashboard alike: counted and logged the same way.
+impl App {
+    /// Revokes one key.
+    pub async fn revoke_key(&self, id: &str) -> Result<Revoked, StoreError> {
+        let revoked = self.store.revoke(id, self.clock.now()).await?;
+        if revoked == Revoked::Now {
+            self.metrics.keys_revoked("one", 1);
+            tracing::info!(key_id = %id, "key revoked");
+        }
+        Ok(revoked)
+    }
+
+    /// Revokes the named keys not revoked yet; returns how many.
+    pub async fn revoke_key_ids(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let revoked = self.store.revoke_ids(ids, self.clock.now()).await?;
+        self.metrics.keys_revoked("ids", revoked);
+        tracing::info!(keys = ids.len(), revoked, "keys revoked by id");
+        Ok(revoked)
+    }
+
+    /// Revokes every unrevoked key whose label starts with `prefix`; returns how many.
+    pub async fn revoke_label_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let revoked = self
+            .store
+            .revoke_by_label_prefix(prefix, self.clock.now())
+            .await?;
+        self.metrics.keys_revoked("label_prefix", revoked);
+        tracing::info!(label_prefix = %prefix, revoked, "keys revoked by label prefix");
+        Ok(revoked)
     }
 }
 

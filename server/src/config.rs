@@ -425,7 +425,7 @@ fn generic_vendor(
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     {
-        return Err(vendor_error(name, "a vendor name is lower-case letters, digits, `-` and `_`, and not v1, healthz or metrics"));
+        return Err(vendor_error(name, "a vendor name is lower-case letters, digits, `-` and `_`, and not v1, healthz, metrics or ui"));
     }
     let base = file
         .base_url

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
+use vault_key_server::present::{expiry, outcome, timestamp, Money};
 use vault_key_wire::{ErrorBody, EventPage, KeyPage, KeyStatus, KeyView, RevokedCount};
 
 /// Which server, and the admin token (from the environment only, never a flag: a flag would
@@ -343,26 +344,6 @@ impl AdminClient {
     }
 }
 
-/// When a key stops (or stopped) working, relative to `now`.
-fn expiry(key: &KeyView, now: OffsetDateTime) -> String {
-    match key.revoked_at {
-        Some(at) => format!("revoked {} ago", roughly(now - at)),
-        None if key.expires_at > now => format!("in {}", roughly(key.expires_at - now)),
-        None => format!("expired {} ago", roughly(now - key.expires_at)),
-    }
-}
-
-/// A span in its two largest units: `45s`, `4m59s`, `2h05m`, `3d04h`.
-fn roughly(span: time::Duration) -> String {
-    let secs = span.whole_seconds().unsigned_abs();
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3_600 => format!("{}m{:02}s", secs / 60, secs % 60),
-        3_600..86_400 => format!("{}h{:02}m", secs / 3_600, secs % 3_600 / 60),
-        _ => format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3_600),
-    }
-}
-
 /// Rows of cells, aligned in columns (numbers to the right).
 fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -409,9 +390,9 @@ fn key_table(keys: &[KeyView], now: OffsetDateTime) -> String {
                 k.label.clone(),
                 k.vendor.clone(),
                 k.status.as_str().to_owned(),
-                format!("${}", k.spent_today_usd),
-                format!("${}", k.reserved_usd),
-                format!("${}", k.daily_usd_cap),
+                Money(k.spent_today_usd).to_string(),
+                Money(k.reserved_usd).to_string(),
+                Money(k.daily_usd_cap).to_string(),
                 k.requests.to_string(),
                 k.refusals.to_string(),
                 expiry(k, now),
@@ -451,8 +432,10 @@ fn key_details(key: &KeyView, now: OffsetDateTime) -> String {
         (
             "spent today",
             format!(
-                "${} of ${} (${} reserved)",
-                key.spent_today_usd, key.daily_usd_cap, key.reserved_usd
+                "{} of {} ({} reserved)",
+                Money(key.spent_today_usd),
+                Money(key.daily_usd_cap),
+                Money(key.reserved_usd)
             ),
         ),
         ("requests", key.requests.to_string()),
@@ -473,19 +456,12 @@ fn call_table(events: &[vault_key_wire::Event]) -> String {
     let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
-            let outcome = match (&e.denied, e.upstream_status, e.settled_usd) {
-                (Some(code), _, _) => format!("refused: {}", code.as_str()),
-                (None, Some(status), Some(cost)) => format!("{status}, cost ${cost}"),
-                (None, Some(status), None) => format!("{status}, cost unknown"),
-                (None, None, _) => "no answer from the vendor".to_owned(),
-            };
             vec![
-                e.at.format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
+                timestamp(e.at),
                 e.method.clone(),
                 e.path.clone(),
-                format!("${}", e.reserved_usd),
-                outcome,
+                Money(e.reserved_usd).to_string(),
+                outcome(e),
             ]
         })
         .collect();

@@ -24,10 +24,12 @@ mod api;
 mod app;
 pub mod clock;
 pub mod config;
+mod dashboard;
 mod error;
 pub mod meter;
 mod metrics;
 mod policy;
+pub mod present;
 mod proxy;
 pub mod sandbox;
 pub mod store;
@@ -152,6 +154,7 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
             clock: Arc::clone(&config.clock),
+            sessions: dashboard::Sessions::default(),
         });
         let reconciler = tokio::spawn(reconcile_unknown_calls(
             Arc::clone(&app),
@@ -242,7 +245,10 @@ async fn reconcile_unknown_calls(
 }
 
 fn router(app: Arc<App>) -> Router {
-    api::routes().fallback(proxy::handle).with_state(app)
+    api::routes()
+        .merge(dashboard::routes())
+        .fallback(proxy::handle)
+        .with_state(app)
 }
 
 async fn shutdown_signal() {

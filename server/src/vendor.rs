@@ -146,7 +146,7 @@ pub enum ErrorEnvelope {
 pub const SANDBOX_SECRET: &str = "sk_test_vaultkey_sandbox";
 
 /// Names that can never be vendors because the server's own routes use them.
-pub const RESERVED_NAMES: &[&str] = &["v1", "healthz", "metrics"];
+pub const RESERVED_NAMES: &[&str] = &["v1", "healthz", "metrics", "ui"];
 
 /// The methods a REST vendor API uses.
 pub fn rest_methods() -> Vec<Method> {

@@ -54,6 +54,10 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// 500: a bug; the message says no more than that.
     Internal,
+    /// 403: a dashboard form whose CSRF token is missing or not this session's.
+    CsrfTokenInvalid,
+    /// 403: a dashboard form sent from another origin (or with no `Origin` at all).
+    CrossOrigin,
 }
 
 impl ErrorCode {
@@ -80,6 +84,8 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::CsrfTokenInvalid => "csrf_token_invalid",
+            ErrorCode::CrossOrigin => "cross_origin",
         }
     }
 }
@@ -140,6 +146,8 @@ mod tests {
             ErrorCode::CapExhausted,
             ErrorCode::InvalidPath,
             ErrorCode::KeyRevoked,
+            ErrorCode::CsrfTokenInvalid,
+            ErrorCode::CrossOrigin,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));

@@ -211,6 +211,8 @@ const STRIPPED: &[&str] = &[
     "host",
     "content-length",
     "expect",
+    // No browser state of this server's origin (the dashboard's session) ever reaches a vendor.
+    "cookie",
     // The proxy reads the vendor's answers (to settle what a call cost), so they come plain.
     "accept-encoding",
 ];

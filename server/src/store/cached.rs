@@ -26,7 +26,7 @@ use time::{Date, OffsetDateTime};
 
 use super::{
     within_deadline, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall,
-    OpenedCall, Revoked, Settled, Store, StoreError,
+    OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::clock::Clock;
 use crate::meter::Settlement;
@@ -376,6 +376,10 @@ impl Store for CachedStore {
 
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
         self.inner.calls(key_id, limit).await
+    }
+
+    async fn latest_refusals(&self, limit: u32) -> Result<Vec<Refusal>, StoreError> {
+        self.inner.latest_refusals(limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -289,6 +289,23 @@ pub struct DeniedCall {
     pub code: ErrorCode,
 }
 
+/// A refused call, with its key's label: the dashboard's latest refusals.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The key that made it.
+    pub key_id: String,
+    /// That key's label.
+    pub label: String,
+    /// Arrival.
+    pub at: OffsetDateTime,
+    /// Method.
+    pub method: String,
+    /// Path, as recorded.
+    pub path: String,
+    /// Why it was refused.
+    pub code: ErrorCode,
+}
+
 /// One row of a key's audit trail.
 #[derive(Debug, Clone)]
 pub struct CallRecord {
@@ -414,6 +431,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_denial(&self, denial: &DeniedCall) -> Result<(), StoreError>;
     /// The key's latest `limit` calls, oldest first.
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError>;
+    /// The latest `limit` refused calls of any key, newest first.
+    async fn latest_refusals(&self, limit: u32) -> Result<Vec<Refusal>, StoreError>;
     /// Whether the store answers at all (for `/healthz`: cheap, whatever the number of keys).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Key counts by status at `now` (for `/metrics`: one pass over the keys).

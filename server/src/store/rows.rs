@@ -6,7 +6,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 use time::{Date, OffsetDateTime};
 use vault_key_wire::{ErrorCode, KeyStatus, Usd};
 
-use super::{CallRecord, DaySpend, KeyQuery, KeyRecord, OpenedCall, StoreError};
+use super::{CallRecord, DaySpend, KeyQuery, KeyRecord, OpenedCall, Refusal, StoreError};
 use crate::token::TokenHash;
 
 /// How long an idempotency key protects against a second reservation. Stripe keeps
@@ -151,6 +151,39 @@ pub(super) struct CallRow {
     settled_micros: Option<i64>,
     denied: Option<String>,
     reconciled: bool,
+}
+
+/// The latest refusals across all keys, newest first, up to a limit (bound next).
+macro_rules! latest_refusals {
+    () => {
+        "SELECT c.key_id, k.label, c.at_ms, c.method, c.path, c.denied FROM calls c \
+         JOIN keys k ON k.id = c.key_id WHERE c.denied IS NOT NULL ORDER BY c.id DESC LIMIT "
+    };
+}
+pub(super) use latest_refusals;
+
+/// One refusal, as [`latest_refusals!`] selects it.
+#[derive(sqlx::FromRow)]
+pub(super) struct RefusalRow {
+    key_id: String,
+    label: String,
+    at_ms: i64,
+    method: String,
+    path: String,
+    denied: String,
+}
+
+impl RefusalRow {
+    pub(super) fn decode(self) -> Result<Refusal, StoreError> {
+        Ok(Refusal {
+            key_id: self.key_id,
+            label: self.label,
+            at: from_ms(self.at_ms),
+            method: self.method,
+            path: self.path,
+            code: serde_json::from_value(self.denied.into()).map_err(decode_err)?,
+        })
+    }
 }
 
 impl CallRow {

@@ -24,12 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{
     calls_of_key, encoded_policy, key_columns, key_state, key_view_on_day, key_with_spend_on_day,
-    list_keys_query, micros, replay_reservation, to_ms, usd, CallRow, EarlierClaim, KeyRow,
-    IDEMPOTENCY_WINDOW_MS,
+    latest_refusals, list_keys_query, micros, replay_reservation, to_ms, usd, CallRow,
+    EarlierClaim, KeyRow, RefusalRow, IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
     utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall,
-    Revoked, Settled, Store, StoreError,
+    Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -652,6 +652,14 @@ impl Store for SqliteStore {
                 .fetch_all(&self.reader)
                 .await?;
         rows.into_iter().rev().map(CallRow::decode).collect()
+    }
+
+    async fn latest_refusals(&self, limit: u32) -> Result<Vec<Refusal>, StoreError> {
+        let rows: Vec<RefusalRow> = sqlx::query_as(concat!(latest_refusals!(), "?"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(RefusalRow::decode).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,4 @@
+-- no-transaction
+-- The dashboard shows the latest refusals of all keys: read newest first through this index
+-- alone, however few of the calls were refused. Built concurrently, as 0002.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS calls_latest_refused ON calls (id) WHERE denied IS NOT NULL;
