@@ -229,7 +229,8 @@ async fn an_operator_watches_a_runaway_key_spend_and_stops_it_from_the_dashboard
         std::fs::write(path, browser.screenshot().await.unwrap()).unwrap();
     }
 
-    // Revoke: the key's own button (found again if the live part was swapped meanwhile).
+    // Revoke: the key's own button (found again if the live part was swapped meanwhile), and
+    // yes to the question the page asks.
     let button = format!("#key-{runaway_id} button.revoke");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -238,14 +239,25 @@ async fn an_operator_watches_a_runaway_key_spend_and_stops_it_from_the_dashboard
             Err(error) => Err(error),
         };
         match clicked {
-            Ok(()) => break,
+            Ok(()) => {
+                let question = browser.get_alert_text().await.unwrap();
+                assert_eq!(
+                    question,
+                    format!("Revoke {runaway_id} (run-runaway/agent)?")
+                );
+                browser.accept_alert().await.unwrap();
+                break;
+            }
             Err(error) if Instant::now() > deadline => panic!("revoke button: {error}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    assert_eq!(text_of(browser, "#notice").await, "Revoked 1 key.");
+    assert_eq!(
+        text_of(browser, "#notice").await,
+        format!("Revoked {runaway_id}.")
+    );
     let url = browser.current_url().await.unwrap();
-    assert_eq!((url.path(), url.query()), ("/ui", Some("revoked=1")));
+    assert_eq!((url.path(), url.query()), ("/ui", None));
 
     // The agent's next call was refused by the proxy; the steady run goes on.
     let (charged, error) = tokio::time::timeout(Duration::from_secs(10), agent)

@@ -20,7 +20,9 @@ use vault_key_wire::{
 use crate::app::App;
 use crate::config::standard_method;
 use crate::error::ApiError;
-use crate::store::{utc_day, CallRecord, DaySpend, KeyQuery, KeyRecord, Revoked, Store};
+use crate::store::{
+    utc_day, CallRecord, DaySpend, KeyQuery, KeyRecord, LabelMatch, Revoked, Store,
+};
 use crate::token;
 
 /// Longest label, in bytes.
@@ -345,7 +347,7 @@ pub(crate) fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> 
     }
 }
 
-fn not_found() -> ApiError {
+pub(crate) fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,
@@ -398,17 +400,9 @@ async fn revoke_many(
             ))
         }
         (Some(prefix), None) => {
-            let prefix = match prefix {
-                // An empty prefix would revoke every key on the server: refuse rather than guess.
-                Value::String(p) if !p.is_empty() => label_prefix(p)?,
-                _ => {
-                    return Err(ApiError::invalid_field(
-                        "label_prefix",
-                        "`label_prefix` must be a non-empty string",
-                    ))
-                }
-            };
-            app.revoke_label_prefix(prefix).await?
+            let prefix = prefix.as_str().unwrap_or_default();
+            app.revoke_labels(LabelMatch::Prefix(revocable_label("label_prefix", prefix)?))
+                .await?
         }
         (None, Some(ids)) => app.revoke_key_ids(&key_ids(ids)?).await?,
         (None, None) => {
@@ -421,16 +415,28 @@ async fn revoke_many(
     Ok(Json(RevokedCount { revoked }))
 }
 
-/// A label prefix as given, if a label could start with it (no label is longer or holds a
-/// control character, and a NUL would not even reach every database).
-pub(crate) fn label_prefix(prefix: &str) -> Result<&str, ApiError> {
-    if prefix.len() > MAX_LABEL_LEN || prefix.chars().any(char::is_control) {
+/// A label (or label prefix) as given in `field`, if a label could be or start with it (no label
+/// is longer or holds a control character, and a NUL would not even reach every database).
+pub(crate) fn label_text<'a>(field: &str, text: &'a str) -> Result<&'a str, ApiError> {
+    if text.len() > MAX_LABEL_LEN || text.chars().any(char::is_control) {
         return Err(ApiError::invalid_field(
-            "label_prefix",
-            format!("`label_prefix` must be at most {MAX_LABEL_LEN} bytes of text without control characters"),
+            field,
+            format!("`{field}` must be at most {MAX_LABEL_LEN} bytes of text without control characters"),
         ));
     }
-    Ok(prefix)
+    Ok(text)
+}
+
+/// A label or prefix whose keys are to be revoked: as [`label_text`], and not empty, since an
+/// empty prefix would revoke every key on the server (refused rather than guessed at).
+pub(crate) fn revocable_label<'a>(field: &str, text: &'a str) -> Result<&'a str, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` must be a non-empty string"),
+        ));
+    }
+    label_text(field, text)
 }
 
 /// The `ids` of a revocation: a non-empty list of at most [`MAX_REVOKE_IDS`] strings, each
@@ -504,7 +510,7 @@ async fn list_keys(
     };
     let limit = limit_param(&params, 100)?;
     let prefix = match params.get("label_prefix").filter(|p| !p.is_empty()) {
-        Some(prefix) => Some(label_prefix(prefix)?.to_owned()),
+        Some(prefix) => Some(label_text("label_prefix", prefix)?.to_owned()),
         None => None,
     };
     // A vendor name is a path segment of the proxy: a known vendor, or nothing can match.

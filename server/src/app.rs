@@ -10,7 +10,7 @@ use url::Url;
 use crate::clock::Clock;
 use crate::dashboard::Sessions;
 use crate::metrics::Metrics;
-use crate::store::{CachedStore, Revoked, Store, StoreError};
+use crate::store::{CachedStore, LabelMatch, Revoked, Store, StoreError};
 use crate::token::TokenHash;
 use crate::vendor::Vendor;
 
@@ -113,14 +113,19 @@ impl App {
         Ok(revoked)
     }
 
-    /// Revokes every unrevoked key whose label starts with `prefix`; returns how many.
-    pub async fn revoke_label_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        let revoked = self
-            .store
-            .revoke_by_label_prefix(prefix, self.clock.now())
-            .await?;
-        self.metrics.keys_revoked("label_prefix", revoked);
-        tracing::info!(label_prefix = %prefix, revoked, "keys revoked by label prefix");
+    /// Revokes every live key whose label `labels` takes; returns how many.
+    pub async fn revoke_labels(&self, labels: LabelMatch<'_>) -> Result<u64, StoreError> {
+        let revoked = self.store.revoke_by_label(labels, self.clock.now()).await?;
+        match labels {
+            LabelMatch::Prefix(prefix) => {
+                self.metrics.keys_revoked("label_prefix", revoked);
+                tracing::info!(label_prefix = %prefix, revoked, "keys revoked by label prefix");
+            }
+            LabelMatch::Exact(label) => {
+                self.metrics.keys_revoked("label", revoked);
+                tracing::info!(%label, revoked, "keys revoked by label");
+            }
+        }
         Ok(revoked)
     }
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
-use vault_key_server::present::{expiry, outcome, timestamp, Money};
+use vault_key_server::present::{expiry, keys_counted, outcome, timestamp, Money};
 use vault_key_wire::{ErrorBody, EventPage, KeyPage, KeyStatus, KeyView, RevokedCount};
 
 /// Which server, and the admin token (from the environment only, never a flag: a flag would
@@ -189,10 +189,6 @@ async fn revoke_ids(admin: &AdminClient, ids: Vec<String>, json: bool) -> Result
             failed.join("; ")
         ))
     }
-}
-
-fn keys_counted(n: u64) -> String {
-    format!("{n} key{}", if n == 1 { "" } else { "s" })
 }
 
 /// An id as one path segment: ids are `key_` and base62, anything else is refused here rather

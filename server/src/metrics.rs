@@ -60,7 +60,7 @@ impl Default for Metrics {
         let revocation_requests = Family::<FormLabel, Counter>::default();
         registry.register(
             "revocation_requests",
-            "Revocation requests, by form: one key (DELETE), ids (a batch), label_prefix",
+            "Revocation requests, by form: one key (DELETE), ids (a batch), label_prefix, label",
             revocation_requests.clone(),
         );
         let keys_by_status = Family::<StatusLabel, Gauge>::default();

@@ -54,6 +54,17 @@ pub fn outcome(event: &Event) -> String {
     }
 }
 
+/// The time of day of a moment, to the second, in UTC: `07:52:10 UTC`.
+pub fn time_of_day(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!("{:02}:{:02}:{:02} UTC", at.hour(), at.minute(), at.second())
+}
+
+/// `1 key`, `3 keys`.
+pub fn keys_counted(n: u64) -> String {
+    format!("{n} key{}", if n == 1 { "" } else { "s" })
+}
+
 /// A moment as RFC 3339 (UTC).
 pub fn timestamp(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()

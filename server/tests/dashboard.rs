@@ -338,12 +338,23 @@ async fn a_revocation_needs_a_session_its_csrf_token_and_this_origin() {
         .revoke(&csrf, &[("key", id(&key)), ("back", "key")])
         .await;
     assert_eq!(page.status, 303, "{}", page.body);
-    assert_eq!(page.location(), format!("/ui/keys/{}?revoked=1", id(&key)));
+    assert_eq!(page.location(), format!("/ui/keys/{}", id(&key)));
     assert_eq!(status_of(&server, &key).await, "revoked");
     let (status, body) = charge(&server, token(&key), 100).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("key_revoked")));
+    // The page it lands on says what happened, once.
+    let landed = browser.get(page.location()).await.body;
+    let notice = format!(r#"<p class="notice" id="notice">Revoked {}.</p>"#, id(&key));
+    assert!(landed.contains(&notice), "{landed}");
+    assert!(landed.contains(r#"id="status">revoked</span>"#));
+    assert!(!browser.get(page.location()).await.body.contains(&notice));
     let again = browser.revoke(&csrf, &target).await;
-    assert_eq!((again.status, again.location()), (303, "/ui?revoked=0"));
+    assert_eq!((again.status, again.location()), (303, "/ui"));
+    assert!(browser
+        .get("/ui")
+        .await
+        .body
+        .contains("was already revoked."));
     server.shutdown().await;
 }
 
@@ -416,7 +427,9 @@ async fn the_overview_groups_live_keys_by_run_and_revokes_a_label_or_a_whole_pre
     let page = browser
         .revoke(&csrf, &[("label_prefix", "run-1/"), ("at", "")])
         .await;
-    assert_eq!((page.status, page.location()), (303, "/ui?revoked=2"));
+    assert_eq!((page.status, page.location()), (303, "/ui"));
+    let landed = browser.get("/ui").await.body;
+    assert!(landed.contains("Revoked 2 keys under run-1/."), "{landed}");
     for key in [&charging, &reading] {
         assert_eq!(status_of(&server, key).await, "revoked");
     }
@@ -426,17 +439,20 @@ async fn the_overview_groups_live_keys_by_run_and_revokes_a_label_or_a_whole_pre
     let page = browser
         .revoke(&csrf, &[("label", "checkout"), ("at", "check")])
         .await;
-    assert_eq!(
-        (page.status, page.location()),
-        (303, "/ui?prefix=check&revoked=1")
+    assert_eq!((page.status, page.location()), (303, "/ui?prefix=check"));
+    let landed = browser.get(page.location()).await.body;
+    assert!(
+        landed.contains("Revoked 1 key labelled checkout."),
+        "{landed}"
     );
     assert_eq!(status_of(&server, &checkout).await, "revoked");
     assert_eq!(status_of(&server, &checkout2).await, "active");
     assert_eq!(status_of(&server, &escaped).await, "active");
 
-    let overview = browser.get("/ui?revoked=3").await.body;
+    // A link cannot put words in the dashboard's mouth.
+    let overview = browser.get("/ui?revoked=1000&notice=Revoked").await.body;
     assert!(
-        overview.contains("3 live keys") && overview.contains("Revoked 3 keys."),
+        overview.contains("3 live keys") && !overview.contains(r#"id="notice""#),
         "{overview}"
     );
     assert!(!overview.contains(id(&charging)));
@@ -546,6 +562,8 @@ async fn bad_forms_and_pages_get_a_clear_code_and_change_nothing() {
             "{path}"
         );
     }
+    let slash = browser.get("/ui/").await;
+    assert_eq!((slash.status, slash.location()), (303, "/ui"));
     let delete = browser
         .http
         .delete(format!("{}/ui/login", browser.base))
@@ -553,5 +571,46 @@ async fn bad_forms_and_pages_get_a_clear_code_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(delete.status(), 405);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_origin_check_trusts_the_browsers_fetch_metadata_and_every_session_cookie_is_tried() {
+    let server = start().await;
+    let key = stripe_key(&server, "run-9/charge", 5.0).await;
+    let mut browser = Browser::new(&server);
+    let csrf = browser.sign_in().await;
+    let fields = [("csrf", csrf.as_str()), ("key", id(&key))];
+
+    // Behind a TLS proxy that rewrites `Host`, `Origin` names the public host: the browser's own
+    // `Sec-Fetch-Site: same-origin` is what tells that the form is the dashboard's.
+    let proxied = [("host", "127.0.0.1:9"), ("sec-fetch-site", "same-origin")];
+    let public = Some("https://vault.example");
+    let without_metadata = browser
+        .post("/ui/revoke", &fields, public, &proxied[..1])
+        .await;
+    assert_eq!(
+        (without_metadata.status, without_metadata.error_code()),
+        (403, "cross_origin")
+    );
+    for site in ["cross-site", "same-site", "none"] {
+        let page = browser
+            .post("/ui/revoke", &fields, public, &[("sec-fetch-site", site)])
+            .await;
+        assert_eq!(
+            (page.status, page.error_code()),
+            (403, "cross_origin"),
+            "{site}"
+        );
+    }
+    assert_eq!(status_of(&server, &key).await, "active");
+
+    // A cookie of the same name set first by a sibling site does not hide the session's.
+    let own = browser.cookie.clone().unwrap();
+    browser.cookie = Some(format!("vault_key_ui=tossed; {own}"));
+    assert_eq!(browser.get("/ui/live").await.status, 200);
+    let page = browser.post("/ui/revoke", &fields, public, &proxied).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(status_of(&server, &key).await, "revoked");
     server.shutdown().await;
 }

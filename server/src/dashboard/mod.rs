@@ -23,13 +23,13 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use http::{header, HeaderValue, StatusCode};
-use vault_key_wire::{ErrorCode, KeyStatus, KeyView, Usd, ERROR_HEADER, MAX_REVOKE_IDS};
+use vault_key_wire::{ErrorCode, KeyStatus, KeyView, Usd, ERROR_HEADER};
 
-use crate::api::{event, key_view, label_prefix, query_pairs};
+use crate::api::{event, key_view, label_text, not_found, query_pairs, revocable_label};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::present;
-use crate::store::{utc_day, KeyQuery, Revoked, Store, StoreError};
+use crate::store::{utc_day, KeyQuery, LabelMatch, Revoked, Store, StoreError};
 use crate::token::looks_like_key_id;
 use session::Session;
 
@@ -52,6 +52,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/ui", get(overview))
+        .route("/ui/", get(|| async { Redirect::to("/ui") }))
         .route("/ui/live", get(overview_live))
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
@@ -85,15 +86,16 @@ impl FromRequestParts<Arc<App>> for SignedIn {
                 "sign in to the dashboard first",
             )
         };
-        let id = session_cookie(&parts.headers).ok_or_else(not_signed_in)?;
-        let session = app
-            .sessions
-            .find(id, app.clock.now())
-            .ok_or_else(not_signed_in)?;
-        Ok(SignedIn {
-            id: id.to_owned(),
-            session,
-        })
+        // Every cookie of the name is tried: a sibling site may have set one of its own first.
+        let now = app.clock.now();
+        session_cookies(&parts.headers)
+            .find_map(|id| {
+                app.sessions.find(id, now).map(|session| SignedIn {
+                    id: id.to_owned(),
+                    session,
+                })
+            })
+            .ok_or_else(not_signed_in)
     }
 }
 
@@ -138,21 +140,32 @@ impl FromRequest<Arc<App>> for SignedForm {
     }
 }
 
-/// The session id from the `Cookie` headers, if any.
-fn session_cookie(headers: &http::HeaderMap) -> Option<&str> {
+/// The values of the session cookie in the `Cookie` headers.
+fn session_cookies(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == session::COOKIE)
+        .filter(|(name, _)| *name == session::COOKIE)
         .map(|(_, value)| value)
 }
 
-/// Refuses a form that a page of another origin made the browser send. Browsers put `Origin`
-/// on every form POST (and `Sec-Fetch-Site` on most); a request without `Origin` is not from a
-/// browser's form and has no business here.
+/// The `Set-Cookie` value that holds a session id for `max_age` (0: forget it).
+fn session_cookie_header(id: &str, max_age: time::Duration) -> String {
+    format!(
+        "{}={id}; Path=/ui; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+        session::COOKIE,
+        max_age.whole_seconds()
+    )
+}
+
+/// Refuses a form that a page of another origin made the browser send. Browsers say where a
+/// request comes from in `Sec-Fetch-Site`, which no page can set: `same-origin` is enough, and
+/// holds behind a TLS proxy that rewrites `Host`. A browser that does not send it still sends
+/// `Origin` with every form POST, which must then name the host addressed; a request with
+/// neither is not from a browser's form and has no business here.
 fn require_same_origin(parts: &Parts) -> Result<(), PageError> {
     let cross = |message: &str| {
         PageError::new(
@@ -163,9 +176,11 @@ fn require_same_origin(parts: &Parts) -> Result<(), PageError> {
     };
     let headers = &parts.headers;
     if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return Err(cross("the form was sent from another site"));
-        }
+        return if site.as_bytes() == b"same-origin" {
+            Ok(())
+        } else {
+            Err(cross("the form was sent from another site"))
+        };
     }
     let origin = headers
         .get(header::ORIGIN)
@@ -256,20 +271,13 @@ async fn login(State(app): State<Arc<App>>, request: Request) -> Result<Response
     }
     let id = app.sessions.open(app.clock.now());
     tracing::info!("dashboard sign-in");
-    let cookie = format!(
-        "{}={id}; Path=/ui; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
-        session::COOKIE,
-        session::LIFETIME.whole_seconds()
-    );
+    let cookie = session_cookie_header(&id, session::LIFETIME);
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/ui")).into_response())
 }
 
 async fn logout(State(app): State<Arc<App>>, form: SignedForm) -> Response {
     app.sessions.close(&form.signed_in.id);
-    let cookie = format!(
-        "{}=; Path=/ui; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
-        session::COOKIE
-    );
+    let cookie = session_cookie_header("", time::Duration::ZERO);
     ([(header::SET_COOKIE, cookie)], Redirect::to(LOGIN)).into_response()
 }
 
@@ -280,7 +288,7 @@ async fn logout(State(app): State<Arc<App>>, form: SignedForm) -> Response {
 struct OverviewPage {
     csrf: String,
     crumbs: Vec<Crumb>,
-    revoked: Option<u64>,
+    notice: Option<String>,
     live_url: String,
     live: OverviewLive,
 }
@@ -302,7 +310,7 @@ struct OverviewLive {
     truncated: bool,
     spent: Usd,
     reserved: Usd,
-    refusals: Vec<RefusalRow>,
+    refusals: Vec<RefusalLine>,
 }
 
 /// Keys whose labels share the next segment after the prefix shown: a prefix (`run-42/`, which
@@ -311,7 +319,7 @@ struct Group {
     name: String,
     /// Where the group opens as a prefix of its own; `None` for a whole label.
     href: Option<String>,
-    keys: Vec<KeyRow>,
+    keys: Vec<KeyLine>,
     bar: Bar,
 }
 
@@ -338,7 +346,7 @@ impl Bar {
     }
 }
 
-struct KeyRow {
+struct KeyLine {
     id: String,
     label: String,
     vendor: String,
@@ -349,22 +357,22 @@ struct KeyRow {
     bar: Bar,
 }
 
-impl KeyRow {
-    fn new(key: &KeyView, now: time::OffsetDateTime) -> KeyRow {
-        KeyRow {
+impl KeyLine {
+    fn new(key: &KeyView) -> KeyLine {
+        KeyLine {
             id: key.id.clone(),
             label: key.label.clone(),
             vendor: key.vendor.clone(),
             requests: key.requests,
             refusals: key.refusals,
-            expires: present::expiry(key, now),
+            expires: present::time_of_day(key.expires_at),
             href: format!("/ui/keys/{}", key.id),
             bar: Bar::new(key.spent_today_usd, key.reserved_usd, key.daily_usd_cap),
         }
     }
 }
 
-struct RefusalRow {
+struct RefusalLine {
     at: String,
     key_href: String,
     key_id: String,
@@ -379,12 +387,11 @@ async fn overview(
     State(app): State<Arc<App>>,
     RawQuery(query): RawQuery,
 ) -> Result<Html<String>, PageError> {
-    let params = query_pairs(query.as_deref());
-    let prefix = shown_prefix(params.get("prefix"))?;
+    let prefix = shown_prefix("prefix", query_pairs(query.as_deref()).get("prefix"))?;
     let page = OverviewPage {
         csrf: visitor.session.csrf().to_owned(),
         crumbs: crumbs(&prefix),
-        revoked: params.get("revoked").and_then(|n| n.parse().ok()),
+        notice: app.sessions.take_notice(&visitor.id),
         live_url: overview_href("/ui/live", &prefix),
         live: overview_live_part(&app, &visitor.session, prefix).await?,
     };
@@ -396,7 +403,7 @@ async fn overview_live(
     State(app): State<Arc<App>>,
     RawQuery(query): RawQuery,
 ) -> Result<Html<String>, PageError> {
-    let prefix = shown_prefix(query_pairs(query.as_deref()).get("prefix"))?;
+    let prefix = shown_prefix("prefix", query_pairs(query.as_deref()).get("prefix"))?;
     let live = overview_live_part(&app, &signed_in.session, prefix).await?;
     Ok(Html(live.render()?))
 }
@@ -452,7 +459,7 @@ async fn overview_live_part(
             Group {
                 href: is_prefix.then(|| overview_href("/ui", &name)),
                 name,
-                keys: members.iter().map(|key| KeyRow::new(key, now)).collect(),
+                keys: members.iter().map(KeyLine::new).collect(),
                 bar,
             }
         })
@@ -462,7 +469,7 @@ async fn overview_live_part(
         .latest_refusals(REFUSALS_SHOWN)
         .await?
         .into_iter()
-        .map(|refusal| RefusalRow {
+        .map(|refusal| RefusalLine {
             at: present::timestamp(refusal.at),
             key_href: format!("/ui/keys/{}", refusal.key_id),
             key_id: refusal.key_id,
@@ -497,11 +504,11 @@ fn group_of(prefix: &str, label: &str) -> (String, bool) {
     }
 }
 
-/// The prefix a page shows, validated as the admin API validates a label prefix.
-fn shown_prefix(prefix: Option<&String>) -> Result<String, PageError> {
+/// The prefix a page shows (from `field`), validated as the admin API validates a label prefix.
+fn shown_prefix(field: &str, prefix: Option<&String>) -> Result<String, PageError> {
     match prefix {
         None => Ok(String::new()),
-        Some(prefix) => Ok(label_prefix(prefix)?.to_owned()),
+        Some(prefix) => Ok(label_text(field, prefix)?.to_owned()),
     }
 }
 
@@ -540,7 +547,7 @@ fn crumbs(prefix: &str) -> Vec<Crumb> {
 struct KeyPage {
     csrf: String,
     id: String,
-    revoked: Option<u64>,
+    notice: Option<String>,
     live_url: String,
     live: KeyLive,
 }
@@ -556,10 +563,10 @@ struct KeyLive {
     endpoints: String,
     methods: String,
     bar: Bar,
-    calls: Vec<CallRow>,
+    calls: Vec<CallLine>,
 }
 
-struct CallRow {
+struct CallLine {
     at: String,
     method: String,
     path: String,
@@ -572,12 +579,10 @@ async fn key_page(
     Visitor(visitor): Visitor,
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
 ) -> Result<Html<String>, PageError> {
-    let params = query_pairs(query.as_deref());
     let page = KeyPage {
         csrf: visitor.session.csrf().to_owned(),
-        revoked: params.get("revoked").and_then(|n| n.parse().ok()),
+        notice: app.sessions.take_notice(&visitor.id),
         live_url: format!("/ui/keys/{id}/live"),
         live: key_live_part(&app, &visitor.session, &id).await?,
         id,
@@ -598,15 +603,8 @@ async fn key_live(
 }
 
 async fn key_live_part(app: &App, session: &Session, id: &str) -> Result<KeyLive, PageError> {
-    let not_found = || {
-        PageError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no key has this id",
-        )
-    };
     if !looks_like_key_id(id) {
-        return Err(not_found());
+        return Err(not_found().into());
     }
     let now = app.clock.now();
     let (key, spend) = app
@@ -623,7 +621,7 @@ async fn key_live_part(app: &App, session: &Session, id: &str) -> Result<KeyLive
         .rev()
         .map(|call| {
             let event = event(call);
-            CallRow {
+            CallLine {
                 at: present::timestamp(event.at),
                 outcome: present::outcome(&event),
                 refused: event.denied.is_some(),
@@ -636,7 +634,7 @@ async fn key_live_part(app: &App, session: &Session, id: &str) -> Result<KeyLive
     Ok(KeyLive {
         csrf: session.csrf().to_owned(),
         status: key.status.as_str(),
-        expires: present::expiry(&key, now),
+        expires: present::timestamp(key.expires_at),
         endpoints: key.allowed_endpoints.join(", "),
         methods: key
             .allowed_methods
@@ -651,8 +649,8 @@ async fn key_live_part(app: &App, session: &Session, id: &str) -> Result<KeyLive
 // ---- Revoking --------------------------------------------------------------------------------
 
 /// `POST /ui/revoke` with exactly one of `key` (an id), `label_prefix` or `label` (every key of
-/// exactly that label), then back to the page named by `back` (`key`, or the overview at the
-/// prefix in `at`).
+/// exactly that label); then back to the page named by `back` (`key`, or the overview at the
+/// prefix in `at`), which says once what was revoked.
 async fn revoke(State(app): State<Arc<App>>, form: SignedForm) -> Result<Response, PageError> {
     let fields = &form.fields;
     let named: Vec<&str> = ["key", "label_prefix", "label"]
@@ -666,86 +664,37 @@ async fn revoke(State(app): State<Arc<App>>, form: SignedForm) -> Result<Respons
         .into());
     };
     let target = fields[which].as_str();
-    let revoked = match which {
+    let notice = match which {
         "key" => {
             if !looks_like_key_id(target) {
                 return Err(ApiError::invalid_field("key", "`key` is a key id (`key_…`)").into());
             }
             match app.revoke_key(target).await? {
-                Revoked::Now => 1,
-                Revoked::Already => 0,
-                Revoked::NotFound => {
-                    return Err(PageError::new(
-                        StatusCode::NOT_FOUND,
-                        ErrorCode::NotFound,
-                        "no key has this id",
-                    ))
-                }
+                Revoked::Now => format!("Revoked {target}."),
+                Revoked::Already => format!("{target} was already revoked."),
+                Revoked::NotFound => return Err(not_found().into()),
             }
         }
         "label_prefix" => {
-            app.revoke_label_prefix(non_empty_label(which, target)?)
-                .await?
+            let prefix = revocable_label(which, target)?;
+            let revoked = app.revoke_labels(LabelMatch::Prefix(prefix)).await?;
+            format!("Revoked {} under {prefix}.", present::keys_counted(revoked))
         }
-        _ => revoke_label(&app, non_empty_label(which, target)?).await?,
+        _ => {
+            let label = revocable_label(which, target)?;
+            let revoked = app.revoke_labels(LabelMatch::Exact(label)).await?;
+            format!(
+                "Revoked {} labelled {label}.",
+                present::keys_counted(revoked)
+            )
+        }
     };
     let back = match fields.get("back").map(String::as_str) {
         Some("key") if which == "key" => format!("/ui/keys/{target}"),
-        _ => overview_href("/ui", &shown_prefix(fields.get("at"))?),
+        _ => overview_href("/ui", &shown_prefix("at", fields.get("at"))?),
     };
-    let separator = if back.contains('?') { '&' } else { '?' };
-    Ok(Redirect::to(&format!("{back}{separator}revoked={revoked}")).into_response())
-}
-
-fn non_empty_label<'a>(field: &str, value: &'a str) -> Result<&'a str, PageError> {
-    if value.is_empty() {
-        return Err(ApiError::invalid_field(field, format!("`{field}` must not be empty")).into());
-    }
-    Ok(label_prefix(value).map_err(|_| {
-        ApiError::invalid_field(
-            field,
-            format!("`{field}` is not a label this server could hold"),
-        )
-    })?)
-}
-
-/// Revokes every unrevoked key whose label is exactly `label` (a label prefix would also take
-/// `run-420` with `run-42`).
-async fn revoke_label(app: &App, label: &str) -> Result<u64, StoreError> {
-    let now = app.clock.now();
-    let mut ids = Vec::new();
-    let mut after = None;
-    loop {
-        let page = app
-            .store
-            .list_keys(
-                &KeyQuery {
-                    label_prefix: Some(label.to_owned()),
-                    status: None,
-                    vendor: None,
-                    now: Some(now),
-                    after,
-                    limit: MAX_KEYS_SHOWN,
-                },
-                utc_day(now),
-            )
-            .await?;
-        let full = page.len() == MAX_KEYS_SHOWN as usize;
-        after = page.last().map(|(seq, _, _)| *seq);
-        ids.extend(
-            page.into_iter()
-                .filter(|(_, key, _)| key.label == label && key.revoked_at.is_none())
-                .map(|(_, key, _)| key.id),
-        );
-        if !full {
-            break;
-        }
-    }
-    let mut revoked = 0;
-    for batch in ids.chunks(MAX_REVOKE_IDS) {
-        revoked += app.revoke_key_ids(batch).await?;
-    }
-    Ok(revoked)
+    app.sessions.leave_notice(&form.signed_in.id, notice);
+    Ok(Redirect::to(&back).into_response())
 }
 
 // ---- Assets, headers, errors -----------------------------------------------------------------

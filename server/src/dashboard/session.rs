@@ -26,6 +26,9 @@ pub struct Session {
     /// The token every form of this session carries.
     csrf: String,
     expires_at: OffsetDateTime,
+    /// What the last action did, shown once on the next page (kept here rather than in a URL,
+    /// where a link could put words in the dashboard's mouth).
+    notice: Option<String>,
 }
 
 impl Session {
@@ -54,6 +57,7 @@ impl Sessions {
         let session = Session {
             csrf: random_secret(),
             expires_at: now + LIFETIME,
+            notice: None,
         };
         let mut sessions = self.lock();
         sessions.retain(|_, s| s.expires_at > now);
@@ -82,6 +86,20 @@ impl Sessions {
             }
             None => None,
         }
+    }
+
+    /// Leaves a notice for the session's next page.
+    pub fn leave_notice(&self, id: &str, notice: String) {
+        if let Some(session) = self.lock().get_mut(&TokenHash::of(id).0) {
+            session.notice = Some(notice);
+        }
+    }
+
+    /// The notice left for this page, once.
+    pub fn take_notice(&self, id: &str) -> Option<String> {
+        self.lock()
+            .get_mut(&TokenHash::of(id).0)
+            .and_then(|session| session.notice.take())
     }
 
     /// Ends a session.
@@ -116,6 +134,9 @@ mod tests {
         assert!(sessions.find("not-an-id", now).is_none());
         assert!(sessions.find(&id, now + LIFETIME).is_none(), "expired");
         let id = sessions.open(now);
+        sessions.leave_notice(&id, "done".to_owned());
+        assert_eq!(sessions.take_notice(&id).as_deref(), Some("done"));
+        assert_eq!(sessions.take_notice(&id), None, "shown once");
         sessions.close(&id);
         assert!(sessions.find(&id, now).is_none(), "closed");
     }

@@ -255,11 +255,12 @@ pub fn upstream_headers(incoming: &HeaderMap, auth: &VendorAuth) -> HeaderMap {
     out
 }
 
-/// The vendor's response headers that go back to the client.
+/// The vendor's response headers that go back to the client: not hop-by-hop ones, and no
+/// cookie (the proxy shares its origin with the dashboard, whose cookies only it may set).
 pub fn downstream_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(upstream.len());
     for (name, value) in upstream {
-        if !is_hop_by_hop(name, upstream) {
+        if !is_hop_by_hop(name, upstream) && *name != http::header::SET_COOKIE {
             out.append(name.clone(), value.clone());
         }
     }

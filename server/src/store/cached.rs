@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use time::{Date, OffsetDateTime};
 
 use super::{
-    within_deadline, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall,
-    OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
+    within_deadline, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, LabelMatch,
+    NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::clock::Clock;
 use crate::meter::Settlement;
@@ -297,19 +297,26 @@ impl Store for CachedStore {
         .await
     }
 
-    async fn revoke_by_label_prefix(
+    async fn revoke_by_label(
         &self,
-        prefix: &str,
+        labels: LabelMatch<'_>,
         at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let (inner, cache, prefix) = (
+        let (inner, cache, text, exact) = (
             Arc::clone(&self.inner),
             Arc::clone(&self.cache),
-            prefix.to_owned(),
+            labels.text().to_owned(),
+            matches!(labels, LabelMatch::Exact(_)),
         );
         detached(async move {
-            let revoked = inner.revoke_by_label_prefix(&prefix, at).await;
-            KeyCache::forget_label_prefix(&cache, &prefix);
+            let labels = if exact {
+                LabelMatch::Exact(&text)
+            } else {
+                LabelMatch::Prefix(&text)
+            };
+            let revoked = inner.revoke_by_label(labels, at).await;
+            // An exact label is also a prefix of itself: forgetting a little more is harmless.
+            KeyCache::forget_label_prefix(&cache, &text);
             revoked
         })
         .await

@@ -289,6 +289,24 @@ pub struct DeniedCall {
     pub code: ErrorCode,
 }
 
+/// The labels a bulk revocation takes.
+#[derive(Debug, Clone, Copy)]
+pub enum LabelMatch<'a> {
+    /// Every label that starts with this (an agent run: `run-42/`).
+    Prefix(&'a str),
+    /// This label exactly (`run-42` and not `run-420`).
+    Exact(&'a str),
+}
+
+impl LabelMatch<'_> {
+    /// The label text given.
+    pub fn text(&self) -> &str {
+        match self {
+            LabelMatch::Prefix(text) | LabelMatch::Exact(text) => text,
+        }
+    }
+}
+
 /// A refused call, with its key's label: the dashboard's latest refusals.
 #[derive(Debug, Clone)]
 pub struct Refusal {
@@ -391,10 +409,10 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes the keys with these ids that are not revoked yet; returns how many. Unknown ids
     /// are skipped.
     async fn revoke_ids(&self, ids: &[String], at: OffsetDateTime) -> Result<u64, StoreError>;
-    /// Revokes every unrevoked key whose label starts with `prefix`; returns how many.
-    async fn revoke_by_label_prefix(
+    /// Revokes every live key whose label `labels` takes; returns how many.
+    async fn revoke_by_label(
         &self,
-        prefix: &str,
+        labels: LabelMatch<'_>,
         at: OffsetDateTime,
     ) -> Result<u64, StoreError>;
     /// Reserves a call's maximum cost against the cap and records it, atomically and durably.

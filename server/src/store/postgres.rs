@@ -31,7 +31,7 @@ use super::rows::{
 };
 use super::{
     utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyInvalidation, KeyQuery, KeyRecord,
-    NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
+    LabelMatch, NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -469,19 +469,26 @@ impl Store for PostgresStore {
         Ok(revoked.rows_affected())
     }
 
-    async fn revoke_by_label_prefix(
+    async fn revoke_by_label(
         &self,
-        prefix: &str,
+        labels: LabelMatch<'_>,
         at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let revoked = sqlx::query(
-            "UPDATE keys SET revoked_ms = $1 WHERE revoked_ms IS NULL AND expires_ms > $1 \
-             AND substr(label, 1, length($2)) = $2",
-        )
-        .bind(to_ms(at))
-        .bind(prefix)
-        .execute(&self.pool)
-        .await?;
+        let sql = match labels {
+            LabelMatch::Prefix(_) => {
+                "UPDATE keys SET revoked_ms = $1 WHERE revoked_ms IS NULL AND expires_ms > $1 \
+                 AND substr(label, 1, length($2)) = $2"
+            }
+            LabelMatch::Exact(_) => {
+                "UPDATE keys SET revoked_ms = $1 WHERE revoked_ms IS NULL AND expires_ms > $1 \
+                 AND label = $2"
+            }
+        };
+        let revoked = sqlx::query(sql)
+            .bind(to_ms(at))
+            .bind(labels.text())
+            .execute(&self.pool)
+            .await?;
         Ok(revoked.rows_affected())
     }
 

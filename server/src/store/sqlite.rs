@@ -28,8 +28,8 @@ use super::rows::{
     EarlierClaim, KeyRow, RefusalRow, IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
-    utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, NewCall, OpenedCall,
-    Refusal, Revoked, Settled, Store, StoreError,
+    utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, LabelMatch, NewCall,
+    OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -517,20 +517,27 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn revoke_by_label_prefix(
+    async fn revoke_by_label(
         &self,
-        prefix: &str,
+        labels: LabelMatch<'_>,
         at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let prefix = prefix.to_owned();
+        let sql = match labels {
+            LabelMatch::Prefix(_) => {
+                "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL \
+                 AND expires_ms > ?1 AND substr(label, 1, length(?2)) = ?2"
+            }
+            LabelMatch::Exact(_) => {
+                "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL \
+                 AND expires_ms > ?1 AND label = ?2"
+            }
+        };
+        let text = labels.text().to_owned();
         self.group
             .write(move |conn| {
                 let revoked = conn
-                    .prepare_cached(
-                        "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL \
-                         AND expires_ms > ?1 AND substr(label, 1, length(?2)) = ?2",
-                    )?
-                    .execute(params![to_ms(at), prefix])?;
+                    .prepare_cached(sql)?
+                    .execute(params![to_ms(at), text])?;
                 Ok(u64::try_from(revoked).unwrap_or(u64::MAX))
             })
             .await
