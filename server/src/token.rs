@@ -16,7 +16,6 @@ const RANDOM_LEN: usize = 43;
 const CHECKSUM_LEN: usize = 6;
 /// Length of every vault token.
 pub const TOKEN_LEN: usize = PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN;
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// The SHA-256 of a token: all the server stores.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -45,7 +44,7 @@ pub fn generate() -> (SecretString, TokenHash) {
     let mut token = String::with_capacity(TOKEN_LEN);
     token.push_str(PREFIX);
     Alphanumeric.append_string(&mut rand::rng(), &mut token, RANDOM_LEN);
-    token.push_str(&checksum(&token));
+    token.push_str(&vault_key_wire::checksum(&token));
     let hash = TokenHash::of(&token);
     (SecretString::from(token), hash)
 }
@@ -61,7 +60,11 @@ pub fn is_well_formed(candidate: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric())
         && {
             let (body, sum) = candidate.split_at(TOKEN_LEN - CHECKSUM_LEN);
-            bool::from(checksum(body).as_bytes().ct_eq(sum.as_bytes()))
+            bool::from(
+                vault_key_wire::checksum(body)
+                    .as_bytes()
+                    .ct_eq(sum.as_bytes()),
+            )
         }
 }
 
@@ -69,10 +72,42 @@ pub fn is_well_formed(candidate: &str) -> bool {
 /// value, a body): such a request is refused rather than forwarded, logged or stored with the
 /// token in it.
 pub fn appears_in(bytes: &[u8]) -> bool {
+    let fixed = |len: usize, prefix: &[u8], well_formed: fn(&str) -> bool| {
+        bytes
+            .windows(len)
+            .filter(|window| window.starts_with(prefix))
+            .any(|window| std::str::from_utf8(window).is_ok_and(well_formed))
+    };
+    fixed(TOKEN_LEN, PREFIX.as_bytes(), is_well_formed)
+        || fixed(
+            vault_key_wire::GRANT_TOKEN_LEN,
+            b"vkg_",
+            vault_key_wire::is_grant_token,
+        )
+        || minted_token_in(bytes)
+}
+
+/// Whether a minted key (`vkm_…`, of any length) appears in `bytes`: the longest run of token
+/// characters after each `vkm_` is checked whole.
+fn minted_token_in(bytes: &[u8]) -> bool {
+    let is_token_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
     bytes
-        .windows(TOKEN_LEN)
-        .filter(|window| window.starts_with(PREFIX.as_bytes()))
-        .any(|window| std::str::from_utf8(window).is_ok_and(is_well_formed))
+        .windows(4)
+        .enumerate()
+        .filter(|(_, window)| *window == b"vkm_")
+        .any(|(start, _)| {
+            let run = bytes[start..]
+                .iter()
+                .take(vault_key_wire::MAX_MINTED_TOKEN_LEN + 1)
+                .take_while(|b| is_token_byte(b))
+                .count();
+            // A token followed by `.` or `-` in running text still counts: try each shorter end.
+            (0..=2).any(|trim| {
+                run >= trim
+                    && std::str::from_utf8(&bytes[start..start + run - trim])
+                        .is_ok_and(vault_key_wire::is_minted_token)
+            })
+        })
 }
 
 /// Whether a vault token appears in a body as it is, once its form encoding is decoded
@@ -114,16 +149,6 @@ pub fn generate_key_id() -> String {
 pub fn looks_like_key_id(id: &str) -> bool {
     id.strip_prefix("key_")
         .is_some_and(|rest| rest.len() == 22 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
-fn checksum(body: &str) -> String {
-    let mut value = crc32fast::hash(body.as_bytes());
-    let mut digits = [b'0'; CHECKSUM_LEN];
-    for digit in digits.iter_mut().rev() {
-        *digit = BASE62[(value % 62) as usize];
-        value /= 62;
-    }
-    String::from_utf8_lossy(&digits).into_owned()
 }
 
 /// Whether a presented token hashes to `stored`.
@@ -183,5 +208,40 @@ mod tests {
     fn hash_debug_shows_nothing() {
         let (_, hash) = generate();
         assert_eq!(format!("{hash:?}"), "TokenHash(..)");
+    }
+
+    #[test]
+    fn grant_credentials_and_minted_keys_are_found_wherever_they_appear() {
+        let grant = vault_key_wire::GrantCredential::from_parts(
+            "grt_0123456789abcdefghijkl",
+            &"S".repeat(43),
+        )
+        .unwrap();
+        let minted = grant.mint(&vault_key_wire::KeyCaveats {
+            grant_id: grant.id().to_owned(),
+            key_id: generate_key_id(),
+            label: "run-1/x".to_owned(),
+            vendor: "stripe".to_owned(),
+            daily_cap_micros: 1_000_000,
+            allowed_endpoints: vec!["/v1/customers".parse().unwrap()],
+            allowed_methods: None,
+            issued_at: 0,
+            expires_at: 60,
+        });
+        for token in [grant.token(), minted.clone()] {
+            for text in [
+                token.clone(),
+                format!("description={token}&amount=1"),
+                format!("see {token}."),
+                format!("{{\"note\": \"{token}-\"}}"),
+            ] {
+                assert!(appears_in(text.as_bytes()), "{text}");
+            }
+        }
+        // One character changed: no longer a token (the checksum says so), so not refused.
+        let typo = minted.replacen("vkm_e", "vkm_f", 1);
+        assert_ne!(typo, minted);
+        assert!(!appears_in(typo.as_bytes()));
+        assert!(!appears_in(b"vkm_ and vkg_ in prose"));
     }
 }

@@ -18,6 +18,7 @@
 
 mod duration;
 mod error;
+mod grant;
 mod keys;
 mod money;
 pub mod path;
@@ -25,6 +26,10 @@ mod pattern;
 
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ErrorBody, ErrorCode, ERROR_HEADER};
+pub use grant::{
+    checksum, is_grant_token, is_minted_token, GrantCredential, KeyCaveats, MintedToken,
+    TokenError, GRANT_ID_PREFIX, GRANT_TOKEN_LEN, MAX_MINTED_TOKEN_LEN,
+};
 pub use keys::{
     CreateKeyRequest, Event, EventPage, IssuedKey, KeyPage, KeyStatus, KeyView, RevokeByIds,
     RevokeByLabelPrefix, RevokedCount, ServerInfo, TokenPlacement, VendorInfo, MAX_REVOKE_IDS,

@@ -131,6 +131,41 @@ impl EndpointPattern {
         }
         path_segments.next().is_none()
     }
+
+    /// Whether every path this pattern matches is also matched by `wider`: how a key minted
+    /// from a grant shows that its endpoints narrow the grant's.
+    ///
+    /// ```
+    /// use vault_key_wire::EndpointPattern;
+    ///
+    /// let p = |text: &str| text.parse::<EndpointPattern>().unwrap();
+    /// assert!(p("/v1/payment_intents/pi_1").is_within(&p("/v1/payment_intents/*")));
+    /// assert!(p("/v1/files/*/content").is_within(&p("/v1/files/**")));
+    /// assert!(!p("/v1/payment_intents/**").is_within(&p("/v1/payment_intents/*")));
+    /// ```
+    pub fn is_within(&self, wider: &EndpointPattern) -> bool {
+        fn within(narrow: &[PatternSegment], wide: &[PatternSegment]) -> bool {
+            match (narrow.split_first(), wide.split_first()) {
+                (None, None) => true,
+                // `**` (last) takes one or more segments of any kind.
+                (Some(_), Some((PatternSegment::AnyRest, _))) => true,
+                (Some((n, narrow_rest)), Some((w, wide_rest))) => {
+                    let segment_within = match (n, w) {
+                        (PatternSegment::Literal(a), PatternSegment::Literal(b)) => a == b,
+                        (
+                            PatternSegment::Literal(_) | PatternSegment::AnyOne,
+                            PatternSegment::AnyOne,
+                        ) => true,
+                        // A narrow `*` or `**` is not one literal; a narrow `**` is not one segment.
+                        _ => false,
+                    };
+                    segment_within && within(narrow_rest, wide_rest)
+                }
+                _ => false,
+            }
+        }
+        within(&self.segments, &wider.segments)
+    }
 }
 
 impl fmt::Display for EndpointPattern {
@@ -223,5 +258,53 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Patterns and paths over a small alphabet, so that containment is often true and often
+    /// false.
+    fn small_pattern() -> impl proptest::strategy::Strategy<Value = EndpointPattern> {
+        use proptest::prelude::*;
+        (
+            proptest::collection::vec(prop_oneof!["a", "b", Just("*".to_owned())], 0..4),
+            any::<bool>(),
+        )
+            .prop_map(|(segments, rest)| {
+                let mut text: String = segments.iter().map(|s| format!("/{s}")).collect();
+                if rest || text.is_empty() {
+                    text.push_str("/**");
+                }
+                text.parse().unwrap()
+            })
+    }
+
+    proptest::proptest! {
+        /// `is_within` never claims more than matching shows: a path the narrow pattern matches
+        /// is matched by the wide one.
+        #[test]
+        fn within_means_every_matched_path_is_matched_by_the_wider(
+            narrow in small_pattern(),
+            wide in small_pattern(),
+            path in proptest::collection::vec(proptest::prop_oneof!["a", "b", "c"], 1..6),
+        ) {
+            let path: String = path.iter().map(|s| format!("/{s}")).collect();
+            if narrow.is_within(&wide) && narrow.matches_path(&path) {
+                proptest::prop_assert!(wide.matches_path(&path), "{narrow} within {wide}, {path}");
+            }
+            proptest::prop_assert!(narrow.is_within(&narrow));
+        }
+    }
+
+    #[test]
+    fn within_is_judged_segment_by_segment() {
+        let p = pattern;
+        assert!(p("/v1/a").is_within(&p("/v1/a")));
+        assert!(p("/v1/a").is_within(&p("/v1/*")));
+        assert!(p("/v1/*").is_within(&p("/v1/**")));
+        assert!(p("/v1/a/b").is_within(&p("/v1/**")));
+        assert!(!p("/v1/**").is_within(&p("/v1/*")));
+        assert!(!p("/v1/*").is_within(&p("/v1/a")));
+        assert!(!p("/v1").is_within(&p("/v1/**")));
+        assert!(!p("/v1/a").is_within(&p("/v1/a/b")));
+        assert!(!p("/v1/a/b").is_within(&p("/v1/a")));
     }
 }
