@@ -3,9 +3,13 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use rand::distr::{Alphanumeric, SampleString};
 use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
 use url::Url;
-use vault_key_wire::{parse_duration, ErrorBody, IssuedKey, ServerInfo};
+use vault_key_wire::{
+    parse_duration, ErrorBody, GrantCredential, IssuedKey, KeyCaveats, PatternError, ServerInfo,
+};
 
 use crate::key::VaultKey;
 use crate::revoke;
@@ -31,9 +35,44 @@ pub struct Client {
 struct ClientInner {
     api_url: Url,
     proxy_url: Url,
-    admin_token: SecretString,
+    credential: Credential,
     http: reqwest::Client,
     pending: revoke::PendingCount,
+    /// What the server serves, read once (a grant's client needs each vendor's token placement
+    /// to mint, and asks at its first mint only).
+    info: tokio::sync::OnceCell<ServerInfo>,
+}
+
+/// What a client acts with: the admin token (keys issued by the server), or a grant (keys
+/// minted in-process, no server contact on entry). Secrets never show in `Debug`.
+#[derive(Clone)]
+pub(crate) enum Credential {
+    /// Issues keys with `POST /v1/keys`.
+    Admin(SecretString),
+    /// Mints keys from this grant.
+    Grant(GrantCredential),
+}
+
+impl Credential {
+    /// Whether two credentials are the same (revocations are batched per server and credential).
+    pub(crate) fn same_as(&self, other: &Credential) -> bool {
+        match (self, other) {
+            (Credential::Admin(a), Credential::Admin(b)) => a.expose_secret() == b.expose_secret(),
+            (Credential::Grant(a), Credential::Grant(b)) => {
+                a.id() == b.id() && a.secret() == b.secret()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Admin(_) => f.write_str("Admin([redacted])"),
+            Credential::Grant(grant) => write!(f, "Grant({})", grant.id()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -61,9 +100,16 @@ impl std::fmt::Debug for Client {
 pub struct ClientBuilder {
     api_url: String,
     proxy_url: Option<String>,
-    admin_token: SecretString,
+    credential: BuilderCredential,
     timeout: Duration,
     connect_timeout: Duration,
+}
+
+/// A credential as given to the builder, read when it builds.
+#[derive(Debug)]
+enum BuilderCredential {
+    Admin(SecretString),
+    Grant(SecretString),
 }
 
 impl ClientBuilder {
@@ -95,9 +141,16 @@ impl ClientBuilder {
             Some(url) => base_url(url)?,
             None => api_url.clone(),
         };
-        if self.admin_token.expose_secret().is_empty() {
-            return Err(Error::NotConfigured("the admin token is empty".to_owned()));
-        }
+        let credential = match self.credential {
+            BuilderCredential::Admin(token) if token.expose_secret().is_empty() => {
+                return Err(Error::NotConfigured("the admin token is empty".to_owned()))
+            }
+            BuilderCredential::Admin(token) => Credential::Admin(token),
+            BuilderCredential::Grant(token) => Credential::Grant(
+                GrantCredential::parse(token.expose_secret())
+                    .map_err(|e| Error::NotConfigured(format!("the grant credential: {e}")))?,
+            ),
+        };
         // No redirects: neither the key service nor the proxy sends one, and one followed would
         // turn a revocation's DELETE into a GET that answers 200 (or carry a token elsewhere).
         let http = reqwest::Client::builder()
@@ -111,9 +164,10 @@ impl ClientBuilder {
             inner: Arc::new(ClientInner {
                 api_url,
                 proxy_url,
-                admin_token: self.admin_token,
+                credential,
                 http,
                 pending: revoke::PendingCount::default(),
+                info: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -146,7 +200,19 @@ impl Client {
         ClientBuilder {
             api_url: url.into(),
             proxy_url: None,
-            admin_token: SecretString::from(admin_token.into()),
+            credential: BuilderCredential::Admin(SecretString::from(admin_token.into())),
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A builder for the server at `url` that mints its keys from a grant (`vkg_…`, from
+    /// `POST /v1/grants`): no admin token, and no server contact when a key is made.
+    pub fn grant_builder(url: impl Into<String>, grant: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            api_url: url.into(),
+            proxy_url: None,
+            credential: BuilderCredential::Grant(SecretString::from(grant.into())),
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
         }
@@ -158,15 +224,31 @@ impl Client {
     }
 
     /// A client from `VAULT_KEY_URL` (or `VAULT_KEY_API_URL` and `VAULT_KEY_PROXY_URL`) and
-    /// `VAULT_KEY_ADMIN_TOKEN`.
+    /// either `VAULT_KEY_ADMIN_TOKEN` (keys issued by the server) or `VAULT_KEY_GRANT` (keys
+    /// minted in-process from a grant).
     pub fn from_env() -> Result<Client, Error> {
         Client::from_lookup(|name| std::env::var(name).ok())
     }
 
     pub(crate) fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Client, Error> {
-        let token = env("VAULT_KEY_ADMIN_TOKEN")
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::NotConfigured("VAULT_KEY_ADMIN_TOKEN is not set".to_owned()))?;
+        let credential = match (
+            env("VAULT_KEY_ADMIN_TOKEN").filter(|t| !t.is_empty()),
+            env("VAULT_KEY_GRANT").filter(|t| !t.is_empty()),
+        ) {
+            (Some(token), None) => BuilderCredential::Admin(SecretString::from(token)),
+            (None, Some(grant)) => BuilderCredential::Grant(SecretString::from(grant)),
+            (Some(_), Some(_)) => {
+                return Err(Error::NotConfigured(
+                    "set VAULT_KEY_ADMIN_TOKEN or VAULT_KEY_GRANT, not both".to_owned(),
+                ))
+            }
+            (None, None) => {
+                return Err(Error::NotConfigured(
+                    "set VAULT_KEY_ADMIN_TOKEN (or VAULT_KEY_GRANT to mint keys from a grant)"
+                        .to_owned(),
+                ))
+            }
+        };
         let (api, proxy) = match (
             env("VAULT_KEY_URL"),
             env("VAULT_KEY_API_URL"),
@@ -184,7 +266,8 @@ impl Client {
                 ))
             }
         };
-        let mut builder = Client::builder(api, token);
+        let mut builder = Client::builder(api, "");
+        builder.credential = credential;
         if let Some(proxy) = proxy {
             builder = builder.proxy_url(proxy);
         }
@@ -217,11 +300,15 @@ impl Client {
     /// ```
     pub async fn issue(&self, spec: &KeySpec) -> Result<VaultKey, Error> {
         spec.validate()?;
+        let admin_token = match &self.inner.credential {
+            Credential::Admin(token) => token,
+            Credential::Grant(grant) => return self.mint(grant, spec).await,
+        };
         let response = self
             .inner
             .http
             .post(endpoint(&self.inner.api_url, &["v1", "keys"]))
-            .bearer_auth(self.inner.admin_token.expose_secret())
+            .bearer_auth(admin_token.expose_secret())
             .json(&spec.to_request())
             .send()
             .await
@@ -248,6 +335,42 @@ impl Client {
             Error::Unavailable(format!("POST /v1/keys answered an unexpected body: {e}"))
         })?;
         Ok(VaultKey::new(self.clone(), issued))
+    }
+
+    /// Mints a key from the grant: no server contact (past the first mint, which reads where
+    /// each vendor's token goes). Whether it fits the grant, the proxy judges at its first use.
+    async fn mint(&self, grant: &GrantCredential, spec: &KeySpec) -> Result<VaultKey, Error> {
+        let info = self.inner.info.get_or_try_init(|| self.info()).await?;
+        let placement = info
+            .vendors
+            .iter()
+            .find(|v| v.name == spec.vendor())
+            .map(|v| v.token_placement.clone())
+            .ok_or_else(|| {
+                Error::InvalidSpec(format!("the server serves no vendor `{}`", spec.vendor()))
+            })?;
+        let issued_at = OffsetDateTime::now_utc();
+        let expires_at = issued_at + spec.lifetime();
+        let caveats = KeyCaveats {
+            grant_id: grant.id().to_owned(),
+            key_id: format!("key_{}", Alphanumeric.sample_string(&mut rand::rng(), 22)),
+            label: spec.label_str().to_owned(),
+            vendor: spec.vendor().to_owned(),
+            daily_cap_micros: spec.cap().micros(),
+            allowed_endpoints: spec
+                .endpoint_patterns()
+                .iter()
+                .map(|p| {
+                    p.parse()
+                        .map_err(|e: PatternError| Error::InvalidSpec(e.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
+            allowed_methods: spec.allowed_methods().map(<[String]>::to_vec),
+            issued_at: issued_at.unix_timestamp(),
+            expires_at: expires_at.unix_timestamp(),
+        };
+        let token = grant.mint(&caveats);
+        Ok(VaultKey::minted(self.clone(), caveats, token, placement))
     }
 
     /// What the server serves: its vendors (and where each one's token goes), its longest key
@@ -315,8 +438,8 @@ impl Client {
         &self.inner.http
     }
 
-    pub(crate) fn admin_token(&self) -> &SecretString {
-        &self.inner.admin_token
+    pub(crate) fn credential(&self) -> &Credential {
+        &self.inner.credential
     }
 
     pub(crate) fn pending(&self) -> &revoke::PendingCount {

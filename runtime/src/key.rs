@@ -76,6 +76,26 @@ impl VaultKey {
         }
     }
 
+    /// A key minted in-process from the client's grant, as the caveats describe it.
+    pub(crate) fn minted(
+        client: Client,
+        caveats: vault_key_wire::KeyCaveats,
+        token: String,
+        placement: TokenPlacement,
+    ) -> VaultKey {
+        VaultKey {
+            id: caveats.key_id,
+            token: SecretString::from(token),
+            label: caveats.label,
+            vendor: caveats.vendor,
+            expires_at: OffsetDateTime::from_unix_timestamp(caveats.expires_at)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            placement,
+            client,
+            revoked: AtomicBool::new(false),
+        }
+    }
+
     /// The public id (`key_…`): safe to log.
     pub fn id(&self) -> &str {
         &self.id
@@ -230,11 +250,11 @@ impl VaultKey {
     /// their calls are refused from now on, and the final drop sends nothing more.
     pub(crate) async fn revoke_in_place(&self) -> Result<(), Error> {
         let client = &self.client;
-        let answer = revoke::delete_key(
+        let answer = revoke::revoke_keys(
             client.http(),
             client.api_url(),
-            client.admin_token(),
-            &self.id,
+            client.credential(),
+            vec![self.id.clone()],
         )
         .await?;
         if answer.revoked() {
@@ -242,7 +262,7 @@ impl VaultKey {
             Ok(())
         } else {
             Err(Error::Unavailable(format!(
-                "DELETE /v1/keys/{} answered HTTP {}",
+                "revoking {} was answered HTTP {}",
                 self.id, answer.status
             )))
         }
@@ -257,7 +277,7 @@ impl Drop for VaultKey {
         // Never blocks, never needs a runtime: the revoker thread takes it from here.
         revoke::enqueue(RevokeJob {
             api_url: self.client.api_url().clone(),
-            admin_token: self.client.admin_token().clone(),
+            credential: self.client.credential().clone(),
             key_id: std::mem::take(&mut self.id),
             expires_at: self.expires_at,
             client_pending: self.client.pending().clone(),

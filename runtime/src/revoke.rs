@@ -12,10 +12,12 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Semaphore};
 use url::Url;
+
+use crate::client::Credential;
 
 /// Revocation requests sent at once: enough to drain a burst quickly, few enough not to flood the
 /// server.
@@ -59,7 +61,7 @@ impl PendingCount {
 #[derive(Debug)]
 pub(crate) struct RevokeJob {
     pub(crate) api_url: Url,
-    pub(crate) admin_token: SecretString,
+    pub(crate) credential: Credential,
     pub(crate) key_id: String,
     pub(crate) expires_at: OffsetDateTime,
     /// The issuing client's count, so that a client can wait for its own keys only.
@@ -185,13 +187,12 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<RevokeJob>, pending: PendingCount
     }
 }
 
-/// Groups revocations by the server and admin token they go to.
+/// Groups revocations by the server and credential they go to.
 fn by_server(jobs: impl Iterator<Item = RevokeJob>) -> Vec<Vec<RevokeJob>> {
     let mut batches: Vec<Vec<RevokeJob>> = Vec::new();
     for job in jobs {
         let same_server = batches.iter_mut().find(|batch| {
-            batch[0].api_url == job.api_url
-                && batch[0].admin_token.expose_secret() == job.admin_token.expose_secret()
+            batch[0].api_url == job.api_url && batch[0].credential.same_as(&job.credential)
         });
         match same_server {
             Some(batch) => batch.push(job),
@@ -246,26 +247,28 @@ async fn revoke_with_retries(http: &reqwest::Client, batch: &[RevokeJob]) {
     }
 }
 
-/// One attempt: a `DELETE` for one key, one `POST /v1/keys/revoke` for several.
+/// One attempt: one request for the batch (see [`revoke_keys`]).
 async fn revoke_once(http: &reqwest::Client, jobs: &[&RevokeJob]) -> Attempt {
     let [first, ..] = jobs else {
         return Attempt::Done;
     };
-    if jobs.len() > 1 {
-        let ids = jobs.iter().map(|job| job.key_id.clone()).collect();
-        match revoke_keys(http, &first.api_url, &first.admin_token, ids).await {
-            // A server that does not know the batch form (it answers 400, 404 or 405 — not
-            // "done": a 404 here is the route's, not a key's) gets one DELETE per key.
-            Ok(answer) if matches!(answer.status.as_u16(), 400 | 404 | 405) => {}
-            Ok(answer) => return classify(&answer),
-            Err(error) => return Attempt::Retry(error.without_url().to_string()),
-        }
+    let ids = jobs.iter().map(|job| job.key_id.clone()).collect();
+    match revoke_keys(http, &first.api_url, &first.credential, ids).await {
+        // A server that does not know the batch form (it answers 400, 404 or 405 — not "done":
+        // a 404 here is the route's, not a key's) gets one DELETE per key.
+        Ok(answer)
+            if jobs.len() > 1
+                && matches!(first.credential, Credential::Admin(_))
+                && matches!(answer.status.as_u16(), 400 | 404 | 405) => {}
+        Ok(answer) => return classify(&answer),
+        Err(error) => return Attempt::Retry(error.without_url().to_string()),
     }
     // Every key is tried, whatever the one before met; the batch's outcome is the worst of them.
     // Revoking again what was revoked is answered 204, so a retry may repeat the batch.
     let mut outcome = Attempt::Done;
     for job in jobs {
-        let attempt = match delete_key(http, &job.api_url, &job.admin_token, &job.key_id).await {
+        let one = vec![job.key_id.clone()];
+        let attempt = match revoke_keys(http, &job.api_url, &job.credential, one).await {
             Ok(answer) => classify(&answer),
             Err(error) => Attempt::Retry(error.without_url().to_string()),
         };
@@ -278,21 +281,33 @@ async fn revoke_once(http: &reqwest::Client, jobs: &[&RevokeJob]) -> Attempt {
     outcome
 }
 
-/// Sends `POST /v1/keys/revoke {"ids": […]}`; the status says how it went.
-async fn revoke_keys(
+/// Revokes keys with the client's credential: with the admin token, `DELETE /v1/keys/{id}` for
+/// one key and `POST /v1/keys/revoke {"ids": […]}` for several; with a grant, `POST
+/// /v1/grants/{id}/revoke {"ids": […]}`, which also stops minted keys the proxy has not seen yet.
+/// The status says how it went.
+pub(crate) async fn revoke_keys(
     http: &reqwest::Client,
     api_url: &Url,
-    admin_token: &SecretString,
+    credential: &Credential,
     ids: Vec<String>,
 ) -> Result<Answered, reqwest::Error> {
-    let url = crate::client::endpoint(api_url, &["v1", "keys", "revoke"]);
-    let response = http
-        .post(url)
-        .bearer_auth(admin_token.expose_secret())
-        .json(&vault_key_wire::RevokeByIds { ids })
-        .send()
-        .await?;
-    Ok(Answered::of(&response))
+    let request = match (credential, &ids[..]) {
+        (Credential::Admin(token), [id]) => http
+            .delete(crate::client::endpoint(api_url, &["v1", "keys", id]))
+            .bearer_auth(token.expose_secret()),
+        (Credential::Admin(token), _) => http
+            .post(crate::client::endpoint(api_url, &["v1", "keys", "revoke"]))
+            .bearer_auth(token.expose_secret())
+            .json(&vault_key_wire::RevokeByIds { ids }),
+        (Credential::Grant(grant), _) => http
+            .post(crate::client::endpoint(
+                api_url,
+                &["v1", "grants", grant.id(), "revoke"],
+            ))
+            .bearer_auth(grant.token())
+            .json(&vault_key_wire::RevokeByIds { ids }),
+    };
+    Ok(Answered::of(&request.send().await?))
 }
 
 /// What the key service answered a revocation.
@@ -322,22 +337,6 @@ impl Answered {
             || (self.status == reqwest::StatusCode::NOT_FOUND
                 && self.code.as_deref() == Some("not_found"))
     }
-}
-
-/// Sends `DELETE /v1/keys/{id}`; the status says how it went.
-pub(crate) async fn delete_key(
-    http: &reqwest::Client,
-    api_url: &Url,
-    admin_token: &SecretString,
-    key_id: &str,
-) -> Result<Answered, reqwest::Error> {
-    let url = crate::client::endpoint(api_url, &["v1", "keys", key_id]);
-    let response = http
-        .delete(url)
-        .bearer_auth(admin_token.expose_secret())
-        .send()
-        .await?;
-    Ok(Answered::of(&response))
 }
 
 /// Revoked, or unknown to the key service: done. 5xx, 408 and 429 may pass: retry. Other

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
@@ -17,7 +18,7 @@ use vault_key_wire::{
     KeyView, RevokedCount, ServerInfo, Usd, VendorInfo, MAX_REVOKE_IDS,
 };
 
-use crate::app::App;
+use crate::app::{App, LiveVendor};
 use crate::config::standard_method;
 use crate::error::ApiError;
 use crate::store::{
@@ -28,7 +29,7 @@ use crate::token;
 /// Longest label, in bytes.
 const MAX_LABEL_LEN: usize = 256;
 /// Most patterns one key may carry.
-const MAX_ENDPOINTS: usize = 64;
+pub(crate) const MAX_ENDPOINTS: usize = 64;
 /// Largest page of keys.
 const MAX_PAGE: u32 = 1000;
 
@@ -78,7 +79,7 @@ impl FromRequestParts<Arc<App>> for Admin {
 
 /// An admin request's body, read whole (up to axum's default limit of 2 MiB); one too large, or
 /// cut off, is refused with a JSON `code` like every other refusal rather than axum's plain text.
-pub struct AdminBody(Bytes);
+pub struct AdminBody(pub Bytes);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for AdminBody {
     type Rejection = ApiError;
@@ -102,7 +103,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for AdminBody {
 }
 
 /// The token of the one `Authorization: Bearer …` header, if there is exactly one.
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return None;
@@ -115,21 +116,23 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .map(|(_, token)| token)
 }
 
+/// An admin request's body: a JSON object.
+pub(crate) fn read_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid_request("the body must be a JSON object")),
+        Err(e) => Err(ApiError::invalid_request(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
 async fn create_key(
     _: Admin,
     State(app): State<Arc<App>>,
     AdminBody(body): AdminBody,
 ) -> Result<Response, ApiError> {
-    let request: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(ApiError::invalid_request("the body must be a JSON object")),
-        Err(e) => {
-            return Err(ApiError::invalid_request(format!(
-                "the body is not valid JSON: {e}"
-            )))
-        }
-    };
-    let spec = validate_new_key(&app, &request)?;
+    let spec = validate_new_key(&app, &read_object(&body)?)?;
     let vendor_placement = app.vendors[&spec.vendor].vendor.auth.placement();
     let now = app.clock.now();
     let (token, token_hash) = token::generate();
@@ -146,6 +149,7 @@ async fn create_key(
         revoked_at: None,
         requests: 0,
         refusals: 0,
+        grant_id: None,
     };
     app.store.insert_key(&key).await?;
     app.metrics.key_issued();
@@ -175,25 +179,62 @@ struct NewKeySpec {
 }
 
 fn validate_new_key(app: &App, request: &Map<String, Value>) -> Result<NewKeySpec, ApiError> {
-    const FIELDS: [&str; 6] = [
-        "label",
-        "vendor",
-        "daily_usd_cap",
-        "allowed_endpoints",
-        "expires_in",
-        "allowed_methods",
-    ];
-    if let Some(unknown) = request.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    let fields = Fields::only(
+        request,
+        &[
+            "label",
+            "vendor",
+            "daily_usd_cap",
+            "allowed_endpoints",
+            "expires_in",
+            "allowed_methods",
+        ],
+    )?;
+    let label = fields.string("label")?;
+    if label.is_empty() {
         return Err(ApiError::invalid_field(
-            unknown,
-            format!(
-                "unknown field `{unknown}`; the fields are {}",
-                FIELDS.join(", ")
-            ),
+            "label",
+            "`label` must not be empty",
         ));
     }
-    let string = |field: &str| -> Result<&str, ApiError> {
-        match request.get(field) {
+    let label = label_text("label", label)?;
+    let (vendor_name, vendor) = fields.vendor(app)?;
+    Ok(NewKeySpec {
+        label: label.to_owned(),
+        vendor: vendor_name.to_owned(),
+        cap: fields.dollars("daily_usd_cap")?,
+        endpoints: fields.endpoints("allowed_endpoints")?,
+        ttl: fields.duration("expires_in", app.max_key_ttl)?,
+        methods: fields.methods("allowed_methods", vendor)?,
+    })
+}
+
+/// The fields of an admin request's JSON object, each read with a clear error naming it.
+pub(crate) struct Fields<'a> {
+    request: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `request`, which may hold none but `known`.
+    pub(crate) fn only(
+        request: &'a Map<String, Value>,
+        known: &[&str],
+    ) -> Result<Fields<'a>, ApiError> {
+        if let Some(unknown) = request.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ApiError::invalid_field(
+                unknown,
+                format!(
+                    "unknown field `{unknown}`; the fields are {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(Fields { request })
+    }
+
+    /// A required string.
+    pub(crate) fn string(&self, field: &str) -> Result<&'a str, ApiError> {
+        match self.request.get(field) {
             Some(Value::String(s)) => Ok(s),
             Some(_) => Err(ApiError::invalid_field(
                 field,
@@ -204,119 +245,135 @@ fn validate_new_key(app: &App, request: &Map<String, Value>) -> Result<NewKeySpe
                 format!("`{field}` is required"),
             )),
         }
-    };
-    let label = string("label")?;
-    if label.is_empty() || label.len() > MAX_LABEL_LEN || label.chars().any(char::is_control) {
-        return Err(ApiError::invalid_field(
-            "label",
-            format!(
-                "`label` must be 1 to {MAX_LABEL_LEN} bytes of text without control characters"
-            ),
-        ));
     }
-    let vendor_name = string("vendor")?;
-    let vendor = app.vendors.get(vendor_name).ok_or_else(|| {
-        let known: Vec<&str> = app.vendors.keys().map(String::as_str).collect();
-        ApiError::invalid_field(
-            "vendor",
-            format!("unknown vendor; this server serves: {}", known.join(", ")),
-        )
-    })?;
-    let cap = match request.get("daily_usd_cap") {
-        Some(Value::Number(n)) => {
-            Usd::try_from(n).map_err(|e| ApiError::invalid_field("daily_usd_cap", e.to_string()))?
-        }
-        Some(_) => {
-            return Err(ApiError::invalid_field(
-                "daily_usd_cap",
-                "`daily_usd_cap` must be a number of dollars",
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid_field(
-                "daily_usd_cap",
-                "`daily_usd_cap` is required",
-            ))
-        }
-    };
-    if cap.is_zero() {
-        return Err(ApiError::invalid_field(
-            "daily_usd_cap",
-            "`daily_usd_cap` must be more than zero",
-        ));
-    }
-    let endpoints = string_list(request, "allowed_endpoints")?.ok_or_else(|| {
-        ApiError::invalid_field("allowed_endpoints", "`allowed_endpoints` is required")
-    })?;
-    if endpoints.is_empty() || endpoints.len() > MAX_ENDPOINTS {
-        return Err(ApiError::invalid_field(
-            "allowed_endpoints",
-            format!("`allowed_endpoints` must list 1 to {MAX_ENDPOINTS} patterns"),
-        ));
-    }
-    let endpoints = endpoints
-        .iter()
-        .map(|pattern| pattern.parse::<EndpointPattern>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::invalid_field("allowed_endpoints", e.to_string()))?;
-    let ttl = parse_duration(string("expires_in")?)
-        .map_err(|e| ApiError::invalid_field("expires_in", e.to_string()))?;
-    if ttl > app.max_key_ttl {
-        return Err(ApiError::invalid_field(
-            "expires_in",
-            format!(
-                "`expires_in` is longer than this server allows ({})",
-                vault_key_wire::format_duration(app.max_key_ttl)
-            ),
-        ));
-    }
-    let methods = string_list(request, "allowed_methods")?
-        .map(|methods| {
-            if methods.is_empty() {
-                return Err(ApiError::invalid_field(
-                    "allowed_methods",
-                    "`allowed_methods`, when given, must not be empty",
-                ));
-            }
-            methods
-                .iter()
-                .map(|method| {
-                    standard_method(method)
-                        .filter(|m| vendor.vendor.methods.contains(m))
-                        .ok_or_else(|| {
-                            ApiError::invalid_field(
-                                "allowed_methods",
-                                format!(
-                                    "`{method}` is not a method {} uses (methods are upper case)",
-                                    vendor.vendor.name
-                                ),
-                            )
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
-    Ok(NewKeySpec {
-        label: label.to_owned(),
-        vendor: vendor_name.to_owned(),
-        cap,
-        endpoints,
-        methods,
-        ttl,
-    })
-}
 
-fn string_list(request: &Map<String, Value>, field: &str) -> Result<Option<Vec<String>>, ApiError> {
-    let not_list =
-        || ApiError::invalid_field(field, format!("`{field}` must be a list of strings"));
-    match request.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) => items
+    /// `vendor`: one this server serves.
+    pub(crate) fn vendor(&self, app: &'a App) -> Result<(&'a str, &'a LiveVendor), ApiError> {
+        let name = self.string("vendor")?;
+        let vendor = app.vendors.get(name).ok_or_else(|| {
+            let known: Vec<&str> = app.vendors.keys().map(String::as_str).collect();
+            ApiError::invalid_field(
+                "vendor",
+                format!("unknown vendor; this server serves: {}", known.join(", ")),
+            )
+        })?;
+        Ok((name, vendor))
+    }
+
+    /// A required amount of dollars, more than zero.
+    pub(crate) fn dollars(&self, field: &str) -> Result<Usd, ApiError> {
+        let amount = match self.request.get(field) {
+            Some(Value::Number(n)) => {
+                Usd::try_from(n).map_err(|e| ApiError::invalid_field(field, e.to_string()))?
+            }
+            Some(_) => {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!("`{field}` must be a number of dollars"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!("`{field}` is required"),
+                ))
+            }
+        };
+        if amount.is_zero() {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` must be more than zero"),
+            ));
+        }
+        Ok(amount)
+    }
+
+    /// A required, non-empty list of endpoint patterns.
+    pub(crate) fn endpoints(&self, field: &str) -> Result<Vec<EndpointPattern>, ApiError> {
+        let endpoints = self
+            .string_list(field)?
+            .ok_or_else(|| ApiError::invalid_field(field, format!("`{field}` is required")))?;
+        if endpoints.is_empty() || endpoints.len() > MAX_ENDPOINTS {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` must list 1 to {MAX_ENDPOINTS} patterns"),
+            ));
+        }
+        endpoints
             .iter()
-            .map(|item| item.as_str().map(str::to_owned).ok_or_else(not_list))
+            .map(|pattern| pattern.parse::<EndpointPattern>())
             .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(not_list()),
+            .map_err(|e| ApiError::invalid_field(field, e.to_string()))
+    }
+
+    /// A required duration (`"5m"`) of at most `max`.
+    pub(crate) fn duration(&self, field: &str, max: Duration) -> Result<Duration, ApiError> {
+        let duration = parse_duration(self.string(field)?)
+            .map_err(|e| ApiError::invalid_field(field, e.to_string()))?;
+        if duration > max {
+            return Err(ApiError::invalid_field(
+                field,
+                format!(
+                    "`{field}` is longer than this server allows ({})",
+                    vault_key_wire::format_duration(max)
+                ),
+            ));
+        }
+        Ok(duration)
+    }
+
+    /// An optional, non-empty list of methods the vendor uses.
+    pub(crate) fn methods(
+        &self,
+        field: &str,
+        vendor: &LiveVendor,
+    ) -> Result<Option<Vec<http::Method>>, ApiError> {
+        self.string_list(field)?
+            .map(|methods| {
+                if methods.is_empty() {
+                    return Err(ApiError::invalid_field(
+                        field,
+                        format!("`{field}`, when given, must not be empty"),
+                    ));
+                }
+                methods
+                    .iter()
+                    .map(|method| {
+                        standard_method(method)
+                            .filter(|m| vendor.vendor.methods.contains(m))
+                            .ok_or_else(|| {
+                                ApiError::invalid_field(
+                                    field,
+                                    format!(
+                                        "`{method}` is not a method {} uses (methods are upper case)",
+                                        vendor.vendor.name
+                                    ),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+    }
+
+    /// `ids`: a required list of key ids (see [`key_ids`]).
+    pub(crate) fn key_ids(&self) -> Result<Vec<String>, ApiError> {
+        key_ids(self.request.get("ids").unwrap_or(&Value::Null))
+    }
+
+    /// An optional list of strings.
+    fn string_list(&self, field: &str) -> Result<Option<Vec<String>>, ApiError> {
+        let not_list =
+            || ApiError::invalid_field(field, format!("`{field}` must be a list of strings"));
+        match self.request.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned).ok_or_else(not_list))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(not_list()),
+        }
     }
 }
 

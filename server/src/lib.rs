@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 mod dashboard;
 mod error;
+mod grants;
 pub mod meter;
 mod metrics;
 mod policy;
@@ -246,6 +247,7 @@ async fn reconcile_unknown_calls(
 
 fn router(app: Arc<App>) -> Router {
     api::routes()
+        .merge(grants::routes())
         .merge(dashboard::routes())
         .fallback(proxy::handle)
         .with_state(app)

@@ -79,6 +79,7 @@ mod tests {
             revoked_at: None,
             requests: 0,
             refusals: 0,
+            grant_id: None,
         }
     }
 

@@ -54,6 +54,9 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// 500: a bug; the message says no more than that.
     Internal,
+    /// 403: a minted key asks for more than its grant allows (a larger cap, an endpoint or method
+    /// outside the grant's, a longer life, a label outside its prefix).
+    KeyWiderThanGrant,
     /// 403: a dashboard form whose CSRF token is missing or not this session's.
     CsrfTokenInvalid,
     /// 403: a dashboard form sent from another origin (or with no `Origin` at all).
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::KeyWiderThanGrant => "key_wider_than_grant",
             ErrorCode::CsrfTokenInvalid => "csrf_token_invalid",
             ErrorCode::CrossOrigin => "cross_origin",
         }
@@ -107,7 +111,11 @@ pub struct ErrorBody {
     /// `invalid_request`: the request field at fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// `cap_exhausted`: the key's daily cap.
+    /// `cap_exhausted`: the grant whose daily cap (of all its keys together) was reached; absent
+    /// when it was the key's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// `cap_exhausted`: the daily cap reached (the key's, or its grant's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cap_usd: Option<Usd>,
     /// `cap_exhausted`: settled spend today.
@@ -128,6 +136,7 @@ impl ErrorBody {
             code,
             message: message.into(),
             field: None,
+            grant_id: None,
             cap_usd: None,
             spent_usd: None,
             reserved_usd: None,
@@ -148,6 +157,7 @@ mod tests {
             ErrorCode::KeyRevoked,
             ErrorCode::CsrfTokenInvalid,
             ErrorCode::CrossOrigin,
+            ErrorCode::KeyWiderThanGrant,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));

@@ -244,3 +244,71 @@ pub struct VendorInfo {
     /// The methods its API uses (and so the ones a key may be limited to).
     pub methods: Vec<String>,
 }
+
+/// `201` answer to `POST /v1/grants`: the only time the grant's credential is ever shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedGrant {
+    /// Public id (`grt_…`), safe to log.
+    pub id: String,
+    /// The secret credential (`vkg_…`) keys are minted with: `VAULT_KEY_GRANT`.
+    pub grant: String,
+    /// The grant's terms, as stored.
+    #[serde(flatten)]
+    pub terms: GrantTerms,
+}
+
+impl std::fmt::Debug for IssuedGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedGrant")
+            .field("id", &self.id)
+            .field("grant", &"[redacted]")
+            .field("terms", &self.terms)
+            .finish()
+    }
+}
+
+/// What a grant allows its minted keys, each and together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantTerms {
+    /// Every minted key's label starts with this.
+    pub label_prefix: String,
+    /// The one vendor its keys are for.
+    pub vendor: String,
+    /// The largest daily cap one key may have.
+    pub max_key_usd_cap: Usd,
+    /// The daily cap of all its keys together.
+    pub daily_usd_cap: Usd,
+    /// The widest endpoints: each of a key's patterns lies within one of these.
+    pub allowed_endpoints: Vec<String>,
+    /// The methods a key may allow; absent: any the vendor uses.
+    pub allowed_methods: Option<Vec<String>>,
+    /// The longest lifetime of a key (`"5m"`).
+    pub max_key_ttl: String,
+    /// Where a minted key's token goes on proxied calls.
+    pub token_placement: TokenPlacement,
+    /// When the grant (and every key minted from it) stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `GET /v1/grants/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    /// Public id.
+    pub id: String,
+    /// Active, revoked or expired.
+    pub status: KeyStatus,
+    /// Its terms.
+    #[serde(flatten)]
+    pub terms: GrantTerms,
+    /// When it was revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Settled spend of all its keys today (UTC).
+    pub spent_today_usd: Usd,
+    /// Reserved by its keys' calls in flight.
+    pub reserved_usd: Usd,
+}

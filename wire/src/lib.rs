@@ -31,8 +31,9 @@ pub use grant::{
     TokenError, GRANT_ID_PREFIX, GRANT_TOKEN_LEN, MAX_MINTED_TOKEN_LEN,
 };
 pub use keys::{
-    CreateKeyRequest, Event, EventPage, IssuedKey, KeyPage, KeyStatus, KeyView, RevokeByIds,
-    RevokeByLabelPrefix, RevokedCount, ServerInfo, TokenPlacement, VendorInfo, MAX_REVOKE_IDS,
+    CreateKeyRequest, Event, EventPage, GrantTerms, GrantView, IssuedGrant, IssuedKey, KeyPage,
+    KeyStatus, KeyView, RevokeByIds, RevokeByLabelPrefix, RevokedCount, ServerInfo, TokenPlacement,
+    VendorInfo, MAX_REVOKE_IDS,
 };
 pub use money::{Usd, UsdError};
 pub use path::PathError;

@@ -92,14 +92,16 @@ async fn proxy(
     }
     let route_vendor = app.vendors.get(vendor_name);
     let token = read::presented_token(&parts.headers, route_vendor.map(|v| &v.vendor.auth))?;
-    let (key, spend) = app
-        .store
-        .key_by_token(
-            &TokenHash::of(secrecy::ExposeSecret::expose_secret(&token)),
-            utc_day(arrived),
-        )
-        .await?
-        .ok_or(Refusal::InvalidKey("unknown vault token"))?;
+    let presented = secrecy::ExposeSecret::expose_secret(&token);
+    let hash = TokenHash::of(presented);
+    let (key, spend) = match app.store.key_by_token(&hash, utc_day(arrived)).await? {
+        Some(found) => found,
+        // A key minted from a grant is known from its first use on.
+        None if vault_key_wire::is_minted_token(presented) => {
+            crate::grants::admit(app, presented, &hash, arrived).await?
+        }
+        None => return Err(Refusal::InvalidKey("unknown vault token")),
+    };
     drop(token);
     *key_id = Some(key.id.clone());
     policy::check_state(&key, arrived)?;
@@ -150,6 +152,7 @@ async fn proxy(
         if spend.committed() > key.daily_cap {
             return Err(Refusal::CapExhausted {
                 cap: key.daily_cap,
+                grant: None,
                 spend,
                 requested: Usd::ZERO,
             });
@@ -291,8 +294,9 @@ async fn reserve(
         .map_err(|_| StoreError::Write("the reservation did not finish".to_owned()))??;
     match opened {
         OpenedCall::Opened { call_id, reserved } => Ok(forward::Reservation { call_id, reserved }),
-        OpenedCall::CapExhausted { cap, spend } => Err(Refusal::CapExhausted {
+        OpenedCall::CapExhausted { cap, spend, grant } => Err(Refusal::CapExhausted {
             cap,
+            grant,
             spend,
             requested: estimate.max_cost,
         }),

@@ -25,6 +25,8 @@ pub(crate) enum Refusal {
     InvalidRequest(String),
     /// No usable vault token (missing, malformed, or never issued).
     InvalidKey(&'static str),
+    /// A minted key asks for more than its grant allows: what.
+    KeyWiderThanGrant(String),
     /// The key was revoked.
     KeyRevoked,
     /// The key is past its expiry.
@@ -50,8 +52,10 @@ pub(crate) enum Refusal {
     Unmeterable(String),
     /// The call could cost more than what is left of the cap.
     CapExhausted {
-        /// The key's daily cap.
+        /// The daily cap reached: the key's, or (when `grant` is set) its grant's.
         cap: Usd,
+        /// The grant whose cap (of all its keys together) it is.
+        grant: Option<String>,
         /// Spent and reserved today.
         spend: DaySpend,
         /// The most this call could cost.
@@ -81,6 +85,7 @@ impl Refusal {
             Refusal::HeadersTooLarge(_) => (S::REQUEST_HEADER_FIELDS_TOO_LARGE, C::HeadersTooLarge),
             Refusal::InvalidRequest(_) => (S::BAD_REQUEST, C::InvalidRequest),
             Refusal::InvalidKey(_) => (S::UNAUTHORIZED, C::InvalidKey),
+            Refusal::KeyWiderThanGrant(_) => (S::FORBIDDEN, C::KeyWiderThanGrant),
             Refusal::KeyRevoked => (S::UNAUTHORIZED, C::KeyRevoked),
             Refusal::KeyExpired => (S::UNAUTHORIZED, C::KeyExpired),
             Refusal::VendorMismatch { .. } => (S::FORBIDDEN, C::VendorMismatch),
@@ -128,6 +133,9 @@ impl Refusal {
             }
             Refusal::InvalidRequest(why) => why.clone(),
             Refusal::InvalidKey(why) => (*why).to_owned(),
+            Refusal::KeyWiderThanGrant(what) => {
+                format!("this minted key asks for more than its grant allows: {what}")
+            }
             Refusal::KeyRevoked => "this key was revoked".to_owned(),
             Refusal::KeyExpired => "this key has expired".to_owned(),
             Refusal::VendorMismatch { key_vendor } => {
@@ -147,12 +155,22 @@ impl Refusal {
             Refusal::Unmeterable(why) => why.clone(),
             Refusal::CapExhausted {
                 cap,
+                grant,
                 spend,
                 requested,
-            } => format!(
-                "this key has ${} of its ${cap} daily cap left; this call could cost ${requested}",
-                cap.saturating_sub(spend.committed()),
-            ),
+            } => {
+                let left = cap.saturating_sub(spend.committed());
+                match grant {
+                    None => format!(
+                        "this key has ${left} of its ${cap} daily cap left; this call could cost \
+                         ${requested}"
+                    ),
+                    Some(grant) => format!(
+                        "the keys of grant {grant} have ${left} of its ${cap} daily cap left \
+                         together; this call could cost ${requested}"
+                    ),
+                }
+            }
             Refusal::IdempotencyKeyInUse => "an earlier call under this Idempotency-Key is still \
                  in flight; retry once it has finished"
                 .to_owned(),
@@ -168,10 +186,12 @@ impl Refusal {
         let mut body = ErrorBody::new(self.code(), self.message());
         if let Refusal::CapExhausted {
             cap,
+            grant,
             spend,
             requested,
         } = self
         {
+            body.grant_id = grant.clone();
             body.cap_usd = Some(*cap);
             body.spent_usd = Some(spend.spent);
             body.reserved_usd = Some(spend.reserved);

@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use time::{Date, OffsetDateTime};
 
 use super::{
-    within_deadline, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, LabelMatch,
-    NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
+    within_deadline, CallRecord, DaySpend, DeniedCall, GrantRecord, KeyCounts, KeyQuery, KeyRecord,
+    LabelMatch, MintedKey, NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::clock::Clock;
 use crate::meter::Settlement;
@@ -95,11 +95,20 @@ impl KeyCache {
 
     /// Forgets the keys whose label starts with `prefix`, likewise.
     fn forget_label_prefix(cache: &RwLock<KeyCache>, prefix: &str) {
+        KeyCache::forget_where(cache, |key| key.label.starts_with(prefix));
+    }
+
+    /// Forgets the keys minted from a grant, likewise.
+    fn forget_grant(cache: &RwLock<KeyCache>, grant_id: &str) {
+        KeyCache::forget_where(cache, |key| key.grant_id.as_deref() == Some(grant_id));
+    }
+
+    fn forget_where(cache: &RwLock<KeyCache>, forget: impl Fn(&KeyRecord) -> bool) {
         let mut cache = KeyCache::write(cache);
         cache.generation += 1;
         let KeyCache { by_hash, by_id, .. } = &mut *cache;
         by_hash.retain(|_, cached| {
-            let keep = !cached.key.label.starts_with(prefix);
+            let keep = !forget(&cached.key);
             if !keep {
                 by_id.remove(&cached.key.id);
             }
@@ -383,6 +392,59 @@ impl Store for CachedStore {
 
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError> {
         self.inner.calls(key_id, limit).await
+    }
+
+    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+        self.inner.insert_grant(grant).await
+    }
+
+    async fn grant(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(GrantRecord, DaySpend)>, StoreError> {
+        within_deadline(self.inner.grant(id, day)).await
+    }
+
+    async fn revoke_grant(&self, id: &str, at: OffsetDateTime) -> Result<Option<u64>, StoreError> {
+        let (inner, cache, id) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.cache),
+            id.to_owned(),
+        );
+        detached(async move {
+            let revoked = inner.revoke_grant(&id, at).await;
+            KeyCache::forget_grant(&cache, &id);
+            revoked
+        })
+        .await
+    }
+
+    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError> {
+        within_deadline(self.inner.record_minted_key(key, day)).await
+    }
+
+    async fn revoke_minted(
+        &self,
+        grant_id: &str,
+        ids: &[String],
+        until: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (inner, cache, grant_id, ids) = (
+            Arc::clone(&self.inner),
+            Arc::clone(&self.cache),
+            grant_id.to_owned(),
+            ids.to_vec(),
+        );
+        detached(async move {
+            let revoked = inner.revoke_minted(&grant_id, &ids, until, at).await;
+            for id in &ids {
+                KeyCache::forget_id(&cache, id);
+            }
+            revoked
+        })
+        .await
     }
 
     async fn latest_refusals(&self, limit: u32) -> Result<Vec<Refusal>, StoreError> {

@@ -172,6 +172,8 @@ pub struct KeyRecord {
     /// Calls the proxy refused, all time: counted by the admin API's reads (`key_view`,
     /// `list_keys`), 0 where the proxy looked the key up.
     pub refusals: u64,
+    /// The grant it was minted from; `None` for a key issued by the admin API.
+    pub grant_id: Option<String>,
 }
 
 impl KeyRecord {
@@ -248,7 +250,7 @@ pub struct NewCall {
 }
 
 /// The result of [`Store::open_call`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenedCall {
     /// Reserved (possibly zero, for a replay) and durable; settle it with this id.
     Opened {
@@ -257,12 +259,14 @@ pub enum OpenedCall {
         /// What was reserved.
         reserved: Usd,
     },
-    /// Reserving would exceed the cap; nothing was written.
+    /// Reserving would exceed the key's cap, or its grant's; nothing was written.
     CapExhausted {
-        /// The key's cap, as the reservation read it.
+        /// The cap that would be exceeded, as the reservation read it.
         cap: Usd,
-        /// The day's spend so far.
+        /// The day's spend so far under that cap.
         spend: DaySpend,
+        /// The grant whose cap it is; `None` for the key's own.
+        grant: Option<String>,
     },
     /// The key was revoked before the reservation; nothing was written.
     KeyRevoked,
@@ -287,6 +291,56 @@ pub struct DeniedCall {
     pub path: String,
     /// Why.
     pub code: ErrorCode,
+}
+
+/// A grant: what the keys minted from it may do, each and together.
+#[derive(Clone)]
+pub struct GrantRecord {
+    /// Public id (`grt_…`).
+    pub id: String,
+    /// The HMAC key minted keys are checked with (kept as it is: a hash could not check them).
+    pub secret: secrecy::SecretString,
+    /// Every minted key's label starts with this.
+    pub label_prefix: String,
+    /// The one vendor its keys are for.
+    pub vendor: String,
+    /// The largest daily cap one key may have.
+    pub max_key_cap: Usd,
+    /// The daily cap of all its keys together.
+    pub daily_cap: Usd,
+    /// The widest endpoints a key may have: each of a key's is within one of these.
+    pub allowed_endpoints: Vec<EndpointPattern>,
+    /// The methods a key may allow; `None`: any the vendor uses.
+    pub allowed_methods: Option<Vec<Method>>,
+    /// The longest lifetime of a key.
+    pub max_key_ttl: time::Duration,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// The grant's own expiry; no key outlives it.
+    pub expires_at: OffsetDateTime,
+    /// Revocation time.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl std::fmt::Debug for GrantRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantRecord")
+            .field("id", &self.id)
+            .field("label_prefix", &self.label_prefix)
+            .field("vendor", &self.vendor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of a minted key presented for the first time.
+#[derive(Debug, Clone)]
+pub enum MintedKey {
+    /// Recorded (or recorded before, by another server): from now on it is a key like any other.
+    Recorded(Box<(KeyRecord, DaySpend)>),
+    /// Its grant is revoked, or its holder revoked this key before it was first used.
+    Revoked,
+    /// Its id belongs to another key.
+    IdTaken,
 }
 
 /// The labels a bulk revocation takes.
@@ -451,6 +505,30 @@ pub trait Store: Send + Sync + 'static {
     async fn calls(&self, key_id: &str, limit: u32) -> Result<Vec<CallRecord>, StoreError>;
     /// The latest `limit` refused calls of any key, newest first.
     async fn latest_refusals(&self, limit: u32) -> Result<Vec<Refusal>, StoreError>;
+    /// Stores a new grant.
+    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+    /// The grant with this id, with the spend of all its keys on `day`.
+    async fn grant(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(GrantRecord, DaySpend)>, StoreError>;
+    /// Revokes a grant and every key recorded from it; `None` when there is no such grant, else
+    /// how many keys were revoked now.
+    async fn revoke_grant(&self, id: &str, at: OffsetDateTime) -> Result<Option<u64>, StoreError>;
+    /// Records a minted key the first time it is presented, unless its grant is revoked or its
+    /// holder revoked it first (a tombstone), atomically with both checks.
+    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError>;
+    /// Revokes minted keys of a grant by id, seen or not: those recorded now, the others when
+    /// they are first presented (their tombstones are kept until `until`, when they would have
+    /// expired anyway). Returns how many recorded keys were revoked now.
+    async fn revoke_minted(
+        &self,
+        grant_id: &str,
+        ids: &[String],
+        until: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
     /// Whether the store answers at all (for `/healthz`: cheap, whatever the number of keys).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Key counts by status at `now` (for `/metrics`: one pass over the keys).

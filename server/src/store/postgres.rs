@@ -19,19 +19,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 use time::{Date, OffsetDateTime};
 use tokio::task::JoinHandle;
+use vault_key_wire::Usd;
 
 use super::rows::{
-    calls_of_key, encoded_policy, key_columns, key_state, key_view_on_day, key_with_spend_on_day,
-    latest_refusals, list_keys_query, micros, replay_reservation, to_ms, usd, CallRow,
-    EarlierClaim, KeyRow, RefusalRow, IDEMPOTENCY_WINDOW_MS,
+    calls_of_key, encode_policy, encoded_policy, grant_with_spend_on_day, key_columns, key_state,
+    key_view_on_day, key_with_spend_on_day, latest_refusals, list_keys_query, micros,
+    replay_reservation, to_ms, usd, CallRow, EarlierClaim, GrantRow, KeyRow, RefusalRow,
+    IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
-    utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyInvalidation, KeyQuery, KeyRecord,
-    LabelMatch, NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
+    utc_day, CallRecord, DaySpend, DeniedCall, GrantRecord, KeyCounts, KeyInvalidation, KeyQuery,
+    KeyRecord, LabelMatch, MintedKey, NewCall, OpenedCall, Refusal, Revoked, Settled, Store,
+    StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -387,8 +391,8 @@ impl Store for PostgresStore {
         let (endpoints, methods) = encoded_policy(key)?;
         sqlx::query(
             "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-             allowed_endpoints, allowed_methods, created_ms, expires_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&key.id)
         .bind(&key.token_hash.0[..])
@@ -399,6 +403,7 @@ impl Store for PostgresStore {
         .bind(methods)
         .bind(to_ms(key.created_at))
         .bind(to_ms(key.expires_at))
+        .bind(&key.grant_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -531,7 +536,15 @@ impl Store for PostgresStore {
                GROUP BY key_id, day), \
              moved AS (UPDATE spend SET reserved_micros = spend.reserved_micros - per_day.reserved, \
                spent_micros = spend.spent_micros + per_day.reserved FROM per_day \
-               WHERE spend.key_id = per_day.key_id AND spend.day = per_day.day RETURNING 1) \
+               WHERE spend.key_id = per_day.key_id AND spend.day = per_day.day RETURNING 1), \
+             per_grant AS (SELECT k.grant_id, per_day.day, SUM(per_day.reserved) AS reserved \
+               FROM per_day JOIN keys k ON k.id = per_day.key_id WHERE k.grant_id IS NOT NULL \
+               GROUP BY k.grant_id, per_day.day), \
+             moved_in_grants AS (UPDATE grant_spend \
+               SET reserved_micros = grant_spend.reserved_micros - per_grant.reserved, \
+               spent_micros = grant_spend.spent_micros + per_grant.reserved FROM per_grant \
+               WHERE grant_spend.grant_id = per_grant.grant_id AND grant_spend.day = per_grant.day \
+               RETURNING 1) \
              SELECT COUNT(*) FROM settled",
         )
         .bind(to_ms(before))
@@ -601,6 +614,153 @@ impl Store for PostgresStore {
         rows.into_iter().rev().map(CallRow::decode).collect()
     }
 
+    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+        let (endpoints, methods) =
+            encode_policy(&grant.allowed_endpoints, grant.allowed_methods.as_deref())?;
+        sqlx::query(
+            "INSERT INTO grants (id, secret, label_prefix, vendor, max_key_cap_micros, \
+             daily_cap_micros, allowed_endpoints, allowed_methods, max_key_ttl_ms, created_ms, \
+             expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&grant.id)
+        .bind(grant.secret.expose_secret())
+        .bind(&grant.label_prefix)
+        .bind(&grant.vendor)
+        .bind(micros(grant.max_key_cap))
+        .bind(micros(grant.daily_cap))
+        .bind(endpoints)
+        .bind(methods)
+        .bind(i64::try_from(grant.max_key_ttl.whole_milliseconds()).unwrap_or(i64::MAX))
+        .bind(to_ms(grant.created_at))
+        .bind(to_ms(grant.expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn grant(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(GrantRecord, DaySpend)>, StoreError> {
+        let row: Option<GrantRow> =
+            sqlx::query_as(concat!(grant_with_spend_on_day!(), "$1 WHERE g.id = $2"))
+                .bind(day.to_string())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(GrantRow::decode).transpose()
+    }
+
+    async fn revoke_grant(&self, id: &str, at: OffsetDateTime) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The grant's row lock orders this against a minted key being recorded (which holds it
+        // shared): that key is either seen here, or sees the grant revoked.
+        let found =
+            sqlx::query("UPDATE grants SET revoked_ms = COALESCE(revoked_ms, $1) WHERE id = $2")
+                .bind(to_ms(at))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        if found.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let revoked = sqlx::query(
+            "UPDATE keys SET revoked_ms = $1 WHERE grant_id = $2 AND revoked_ms IS NULL",
+        )
+        .bind(to_ms(at))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(revoked.rows_affected()))
+    }
+
+    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError> {
+        let (endpoints, methods) = encoded_policy(key)?;
+        let mut tx = self.pool.begin().await?;
+        let grant_live: Option<bool> =
+            sqlx::query_scalar("SELECT revoked_ms IS NULL FROM grants WHERE id = $1 FOR SHARE")
+                .bind(&key.grant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let tombstoned: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tombstones WHERE key_id = $1 AND grant_id = $2)",
+        )
+        .bind(&key.id)
+        .bind(&key.grant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if grant_live != Some(true) || tombstoned {
+            return Ok(MintedKey::Revoked);
+        }
+        // Already recorded (by this token: its hash is unique), or the id is another key's:
+        // either way nothing is written, and the read below tells which.
+        sqlx::query(
+            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
+             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.id)
+        .bind(&key.token_hash.0[..])
+        .bind(&key.label)
+        .bind(&key.vendor)
+        .bind(micros(key.daily_cap))
+        .bind(endpoints)
+        .bind(methods)
+        .bind(to_ms(key.created_at))
+        .bind(to_ms(key.expires_at))
+        .bind(&key.grant_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(match self.key_by_token(&key.token_hash, day).await? {
+            Some(found) => MintedKey::Recorded(Box::new(found)),
+            None => MintedKey::IdTaken,
+        })
+    }
+
+    async fn revoke_minted(
+        &self,
+        grant_id: &str,
+        ids: &[String],
+        until: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Exclusive on the grant's row: a minted key being recorded meanwhile (which holds it
+        // shared) either is revoked here or finds its tombstone.
+        sqlx::query("SELECT 1 FROM grants WHERE id = $1 FOR UPDATE")
+            .bind(grant_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM tombstones WHERE until_ms <= $1")
+            .bind(to_ms(at))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO tombstones (key_id, grant_id, until_ms) SELECT id, $2, $3 \
+             FROM UNNEST($1::TEXT[]) AS id ON CONFLICT (key_id, grant_id) \
+             DO UPDATE SET until_ms = GREATEST(tombstones.until_ms, EXCLUDED.until_ms)",
+        )
+        .bind(ids)
+        .bind(grant_id)
+        .bind(to_ms(until))
+        .execute(&mut *tx)
+        .await?;
+        let revoked = sqlx::query(
+            "UPDATE keys SET revoked_ms = $1 WHERE id = ANY($2) AND grant_id = $3 \
+             AND revoked_ms IS NULL",
+        )
+        .bind(to_ms(at))
+        .bind(ids)
+        .bind(grant_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(revoked.rows_affected())
+    }
+
     async fn latest_refusals(&self, limit: u32) -> Result<Vec<Refusal>, StoreError> {
         let rows: Vec<RefusalRow> = sqlx::query_as(concat!(latest_refusals!(), "$1"))
             .bind(i64::from(limit))
@@ -642,13 +802,17 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
     // row) committed before is seen here, and one made meanwhile waits until the money has moved.
     // Every reservation of the key queues here too, which is what makes the idempotency check
     // below see the call before it.
-    let state: Option<(Option<i64>, i64, i64)> = sqlx::query_as(
-        "SELECT revoked_ms, expires_ms, daily_cap_micros FROM keys WHERE id = $1 \
+    let row: Option<(Option<i64>, i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT revoked_ms, expires_ms, daily_cap_micros, grant_id FROM keys WHERE id = $1 \
          FOR NO KEY UPDATE",
     )
     .bind(&call.key_id)
     .fetch_optional(&mut *conn)
     .await?;
+    let (state, grant_id) = match row {
+        Some((revoked, expires, cap, grant_id)) => (Some((revoked, expires, cap)), grant_id),
+        None => (None, None),
+    };
     let cap = match key_state(state, at_ms) {
         Ok(cap) => cap,
         Err(refused) => return Ok(refused),
@@ -718,7 +882,14 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
             return Ok(OpenedCall::CapExhausted {
                 cap: usd(cap),
                 spend,
+                grant: None,
             });
+        }
+        if let Some(grant_id) = grant_id {
+            // Nothing is committed unless the call opens: the key's reservation goes with it.
+            if let Some(exhausted) = reserve_in_grant(conn, &grant_id, &day, reserve).await? {
+                return Ok(exhausted);
+            }
         }
     }
     // Only a reserving call can be replayed: a replay records no idempotency key of its own.
@@ -741,6 +912,54 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
         call_id,
         reserved: reserve,
     })
+}
+
+/// Reserves `amount` against the daily cap of all the grant's keys together (the grant's day
+/// row is locked by the upsert until the transaction ends); the refusal if it does not fit.
+async fn reserve_in_grant(
+    conn: &mut PgConnection,
+    grant_id: &str,
+    day: &str,
+    amount: Usd,
+) -> Result<Option<OpenedCall>, StoreError> {
+    let cap: i64 = sqlx::query_scalar("SELECT daily_cap_micros FROM grants WHERE id = $1")
+        .bind(grant_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let reserved = sqlx::query(
+        "INSERT INTO grant_spend (grant_id, day, reserved_micros) SELECT $2, $3, $1 \
+         WHERE $1 <= $4 ON CONFLICT (grant_id, day) DO UPDATE \
+         SET reserved_micros = grant_spend.reserved_micros + EXCLUDED.reserved_micros \
+         WHERE grant_spend.spent_micros + grant_spend.reserved_micros \
+         + EXCLUDED.reserved_micros <= $4",
+    )
+    .bind(micros(amount))
+    .bind(grant_id)
+    .bind(day)
+    .bind(cap)
+    .execute(&mut *conn)
+    .await?;
+    if reserved.rows_affected() > 0 {
+        return Ok(None);
+    }
+    let spend: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT spent_micros, reserved_micros FROM grant_spend WHERE grant_id = $1 AND day = $2",
+    )
+    .bind(grant_id)
+    .bind(day)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let spend = spend
+        .map(|(spent, reserved)| DaySpend {
+            spent: usd(spent),
+            reserved: usd(reserved),
+        })
+        .unwrap_or_default();
+    Ok(Some(OpenedCall::CapExhausted {
+        cap: usd(cap),
+        spend,
+        grant: Some(grant_id.to_owned()),
+    }))
 }
 
 /// Settles a call (see [`Store::settle_call`]) in the transaction `conn` is in.
@@ -784,6 +1003,19 @@ async fn settle_call(
              ON CONFLICT (key_id, day) DO UPDATE \
              SET reserved_micros = spend.reserved_micros - $3, \
              spent_micros = spend.spent_micros + $4",
+        )
+        .bind(&key_id)
+        .bind(&day)
+        .bind(reserved)
+        .bind(micros(cost))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO grant_spend (grant_id, day, spent_micros) \
+             SELECT grant_id, $2, $4 FROM keys WHERE id = $1 AND grant_id IS NOT NULL \
+             ON CONFLICT (grant_id, day) DO UPDATE \
+             SET reserved_micros = grant_spend.reserved_micros - $3, \
+             spent_micros = grant_spend.spent_micros + $4",
         )
         .bind(&key_id)
         .bind(&day)

@@ -4,9 +4,11 @@
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
 use time::{Date, OffsetDateTime};
-use vault_key_wire::{ErrorCode, KeyStatus, Usd};
+use vault_key_wire::{EndpointPattern, ErrorCode, KeyStatus, Usd};
 
-use super::{CallRecord, DaySpend, KeyQuery, KeyRecord, OpenedCall, Refusal, StoreError};
+use super::{
+    CallRecord, DaySpend, GrantRecord, KeyQuery, KeyRecord, OpenedCall, Refusal, StoreError,
+};
 use crate::token::TokenHash;
 
 /// How long an idempotency key protects against a second reservation. Stripe keeps
@@ -42,7 +44,7 @@ macro_rules! key_columns {
     () => {
         "SELECT k.seq, k.id, k.token_hash, k.label, k.vendor, k.daily_cap_micros, \
          k.allowed_endpoints, k.allowed_methods, k.created_ms, k.expires_ms, k.revoked_ms, \
-         k.requests, COALESCE(s.spent_micros, 0) AS spent_micros, \
+         k.requests, k.grant_id, COALESCE(s.spent_micros, 0) AS spent_micros, \
          COALESCE(s.reserved_micros, 0) AS reserved_micros"
     };
 }
@@ -65,6 +67,7 @@ pub(super) struct KeyRow {
     expires_ms: i64,
     revoked_ms: Option<i64>,
     requests: i64,
+    grant_id: Option<String>,
     spent_micros: i64,
     reserved_micros: i64,
     /// Only in [`key_view_on_day!`].
@@ -80,20 +83,7 @@ impl KeyRow {
                 .try_into()
                 .map_err(|_| decode_err("token hash is not 32 bytes"))?,
         );
-        let allowed_methods = self
-            .allowed_methods
-            .map(|m| serde_json::from_str::<Vec<String>>(&m))
-            .transpose()
-            .map_err(decode_err)?
-            .map(|methods| {
-                methods
-                    .iter()
-                    .map(|m| {
-                        http::Method::from_bytes(m.as_bytes()).map_err(|_| decode_err("bad method"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
+        let allowed_methods = decode_methods(self.allowed_methods)?;
         let record = KeyRecord {
             id: self.id,
             token_hash,
@@ -107,6 +97,7 @@ impl KeyRow {
             revoked_at: self.revoked_ms.map(from_ms),
             requests: u64::try_from(self.requests).unwrap_or(0),
             refusals: u64::try_from(self.refusals).unwrap_or(0),
+            grant_id: self.grant_id,
         };
         let spend = DaySpend {
             spent: usd(self.spent_micros),
@@ -116,13 +107,93 @@ impl KeyRow {
     }
 }
 
+/// A JSON array of methods, as [`encode_policy`] wrote it.
+fn decode_methods(methods: Option<String>) -> Result<Option<Vec<http::Method>>, StoreError> {
+    methods
+        .map(|m| serde_json::from_str::<Vec<String>>(&m))
+        .transpose()
+        .map_err(decode_err)?
+        .map(|methods| {
+            methods
+                .iter()
+                .map(|m| {
+                    http::Method::from_bytes(m.as_bytes()).map_err(|_| decode_err("bad method"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+}
+
+/// A grant with its keys' spend on a day (bound next), then its id (bound after); a macro for
+/// `concat!`, as above.
+macro_rules! grant_with_spend_on_day {
+    () => {
+        "SELECT g.id, g.secret, g.label_prefix, g.vendor, g.max_key_cap_micros, \
+         g.daily_cap_micros, g.allowed_endpoints, g.allowed_methods, g.max_key_ttl_ms, \
+         g.created_ms, g.expires_ms, g.revoked_ms, \
+         COALESCE(s.spent_micros, 0) AS spent_micros, \
+         COALESCE(s.reserved_micros, 0) AS reserved_micros \
+         FROM grants g LEFT JOIN grant_spend s ON s.grant_id = g.id AND s.day = "
+    };
+}
+pub(super) use grant_with_spend_on_day;
+
+/// A grant's columns, as [`grant_with_spend_on_day!`] selects them.
+#[derive(sqlx::FromRow)]
+pub(super) struct GrantRow {
+    id: String,
+    secret: String,
+    label_prefix: String,
+    vendor: String,
+    max_key_cap_micros: i64,
+    daily_cap_micros: i64,
+    allowed_endpoints: String,
+    allowed_methods: Option<String>,
+    max_key_ttl_ms: i64,
+    created_ms: i64,
+    expires_ms: i64,
+    revoked_ms: Option<i64>,
+    spent_micros: i64,
+    reserved_micros: i64,
+}
+
+impl GrantRow {
+    pub(super) fn decode(self) -> Result<(GrantRecord, DaySpend), StoreError> {
+        let grant = GrantRecord {
+            id: self.id,
+            secret: self.secret.into(),
+            label_prefix: self.label_prefix,
+            vendor: self.vendor,
+            max_key_cap: usd(self.max_key_cap_micros),
+            daily_cap: usd(self.daily_cap_micros),
+            allowed_endpoints: serde_json::from_str(&self.allowed_endpoints).map_err(decode_err)?,
+            allowed_methods: decode_methods(self.allowed_methods)?,
+            max_key_ttl: time::Duration::milliseconds(self.max_key_ttl_ms),
+            created_at: from_ms(self.created_ms),
+            expires_at: from_ms(self.expires_ms),
+            revoked_at: self.revoked_ms.map(from_ms),
+        };
+        let spend = DaySpend {
+            spent: usd(self.spent_micros),
+            reserved: usd(self.reserved_micros),
+        };
+        Ok((grant, spend))
+    }
+}
+
 /// The columns a new key is inserted with that need encoding: its endpoint patterns and its
 /// methods, as JSON arrays.
 pub(super) fn encoded_policy(key: &KeyRecord) -> Result<(String, Option<String>), StoreError> {
-    let endpoints = serde_json::to_string(&key.allowed_endpoints).map_err(decode_err)?;
-    let methods = key
-        .allowed_methods
-        .as_ref()
+    encode_policy(&key.allowed_endpoints, key.allowed_methods.as_deref())
+}
+
+/// Endpoint patterns and methods as JSON arrays, as keys and grants keep them.
+pub(super) fn encode_policy(
+    endpoints: &[EndpointPattern],
+    methods: Option<&[http::Method]>,
+) -> Result<(String, Option<String>), StoreError> {
+    let endpoints = serde_json::to_string(endpoints).map_err(decode_err)?;
+    let methods = methods
         .map(|methods| {
             serde_json::to_string(&methods.iter().map(http::Method::as_str).collect::<Vec<_>>())
         })

@@ -17,19 +17,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use secrecy::ExposeSecret;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions, Row, Sqlite};
 use time::{Date, OffsetDateTime};
 use tokio::sync::{mpsc, oneshot};
+use vault_key_wire::Usd;
 
 use super::rows::{
-    calls_of_key, encoded_policy, key_columns, key_state, key_view_on_day, key_with_spend_on_day,
-    latest_refusals, list_keys_query, micros, replay_reservation, to_ms, usd, CallRow,
-    EarlierClaim, KeyRow, RefusalRow, IDEMPOTENCY_WINDOW_MS,
+    calls_of_key, encode_policy, encoded_policy, grant_with_spend_on_day, key_columns, key_state,
+    key_view_on_day, key_with_spend_on_day, latest_refusals, list_keys_query, micros,
+    replay_reservation, to_ms, usd, CallRow, EarlierClaim, GrantRow, KeyRow, RefusalRow,
+    IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
-    utc_day, CallRecord, DaySpend, DeniedCall, KeyCounts, KeyQuery, KeyRecord, LabelMatch, NewCall,
-    OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
+    utc_day, CallRecord, DaySpend, DeniedCall, GrantRecord, KeyCounts, KeyQuery, KeyRecord,
+    LabelMatch, MintedKey, NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -416,8 +419,8 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 conn.prepare_cached(
                     "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-                     allowed_endpoints, allowed_methods, created_ms, expires_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     key.id,
@@ -429,6 +432,7 @@ impl Store for SqliteStore {
                     methods,
                     to_ms(key.created_at),
                     to_ms(key.expires_at),
+                    key.grant_id,
                 ])?;
                 Ok(())
             })
@@ -582,9 +586,11 @@ impl Store for SqliteStore {
                     "UPDATE spend SET reserved_micros = reserved_micros - ?3, \
                      spent_micros = spent_micros + ?3 WHERE key_id = ?1 AND day = ?2",
                 )?;
+                let mut move_in_grant = conn.prepare_cached(SETTLE_IN_GRANT)?;
                 for (key_id, day, reserved) in &settled {
                     if *reserved != 0 {
                         move_to_spent.execute(params![key_id, day, reserved])?;
+                        move_in_grant.execute(params![key_id, day, reserved, reserved])?;
                     }
                 }
                 Ok(u64::try_from(settled.len()).unwrap_or(u64::MAX))
@@ -661,6 +667,149 @@ impl Store for SqliteStore {
         rows.into_iter().rev().map(CallRow::decode).collect()
     }
 
+    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+        let (endpoints, methods) =
+            encode_policy(&grant.allowed_endpoints, grant.allowed_methods.as_deref())?;
+        let grant = grant.clone();
+        self.group
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO grants (id, secret, label_prefix, vendor, max_key_cap_micros, \
+                     daily_cap_micros, allowed_endpoints, allowed_methods, max_key_ttl_ms, \
+                     created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    grant.id,
+                    grant.secret.expose_secret(),
+                    grant.label_prefix,
+                    grant.vendor,
+                    micros(grant.max_key_cap),
+                    micros(grant.daily_cap),
+                    endpoints,
+                    methods,
+                    i64::try_from(grant.max_key_ttl.whole_milliseconds()).unwrap_or(i64::MAX),
+                    to_ms(grant.created_at),
+                    to_ms(grant.expires_at),
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn grant(
+        &self,
+        id: &str,
+        day: Date,
+    ) -> Result<Option<(GrantRecord, DaySpend)>, StoreError> {
+        let row: Option<GrantRow> =
+            sqlx::query_as(concat!(grant_with_spend_on_day!(), "? WHERE g.id = ?"))
+                .bind(day.to_string())
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(GrantRow::decode).transpose()
+    }
+
+    async fn revoke_grant(&self, id: &str, at: OffsetDateTime) -> Result<Option<u64>, StoreError> {
+        let id = id.to_owned();
+        self.group
+            .write(move |conn| {
+                let found = conn
+                    .prepare_cached(
+                        "UPDATE grants SET revoked_ms = COALESCE(revoked_ms, ?1) WHERE id = ?2",
+                    )?
+                    .execute(params![to_ms(at), id])?;
+                if found == 0 {
+                    return Ok(None);
+                }
+                let revoked = conn
+                    .prepare_cached(
+                        "UPDATE keys SET revoked_ms = ?1 WHERE grant_id = ?2 AND revoked_ms IS NULL",
+                    )?
+                    .execute(params![to_ms(at), id])?;
+                Ok(Some(u64::try_from(revoked).unwrap_or(u64::MAX)))
+            })
+            .await
+    }
+
+    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError> {
+        let (endpoints, methods) = encoded_policy(key)?;
+        let minted = key.clone();
+        let recorded = self
+            .group
+            .write(move |conn| {
+                let grant_id = minted.grant_id.as_deref();
+                let grant_live = conn
+                    .prepare_cached("SELECT 1 FROM grants WHERE id = ? AND revoked_ms IS NULL")?
+                    .exists([grant_id])?;
+                let tombstoned = conn
+                    .prepare_cached("SELECT 1 FROM tombstones WHERE key_id = ? AND grant_id = ?")?
+                    .exists(params![minted.id, grant_id])?;
+                if !grant_live || tombstoned {
+                    return Ok(false);
+                }
+                // Already recorded (by this token: its hash is unique), or the id is another
+                // key's: either way nothing is written, and the read below tells which.
+                conn.prepare_cached(
+                    "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
+                     allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    minted.id,
+                    &minted.token_hash.0[..],
+                    minted.label,
+                    minted.vendor,
+                    micros(minted.daily_cap),
+                    endpoints,
+                    methods,
+                    to_ms(minted.created_at),
+                    to_ms(minted.expires_at),
+                    grant_id,
+                ])?;
+                Ok(true)
+            })
+            .await?;
+        if !recorded {
+            return Ok(MintedKey::Revoked);
+        }
+        Ok(match self.key_by_token(&key.token_hash, day).await? {
+            Some(found) => MintedKey::Recorded(Box::new(found)),
+            None => MintedKey::IdTaken,
+        })
+    }
+
+    async fn revoke_minted(
+        &self,
+        grant_id: &str,
+        ids: &[String],
+        until: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (grant_id, ids) = (grant_id.to_owned(), ids.to_vec());
+        self.group
+            .write(move |conn| {
+                // Tombstones past their time can go: the keys they stop have expired.
+                conn.prepare_cached("DELETE FROM tombstones WHERE until_ms <= ?")?
+                    .execute([to_ms(at)])?;
+                let mut bury = conn.prepare_cached(
+                    "INSERT INTO tombstones (key_id, grant_id, until_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (key_id, grant_id) DO UPDATE SET until_ms = max(until_ms, ?3)",
+                )?;
+                let mut revoke = conn.prepare_cached(
+                    "UPDATE keys SET revoked_ms = ?1 WHERE id = ?2 AND grant_id = ?3 \
+                     AND revoked_ms IS NULL",
+                )?;
+                let mut revoked = 0;
+                for id in &ids {
+                    bury.execute(params![id, grant_id, to_ms(until)])?;
+                    revoked += revoke.execute(params![to_ms(at), id, grant_id])?;
+                }
+                Ok(u64::try_from(revoked).unwrap_or(u64::MAX))
+            })
+            .await
+    }
+
     async fn latest_refusals(&self, limit: u32) -> Result<Vec<Refusal>, StoreError> {
         let rows: Vec<RefusalRow> = sqlx::query_as(concat!(latest_refusals!(), "?"))
             .bind(i64::from(limit))
@@ -710,9 +859,13 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
     let day = utc_day(call.at).to_string();
     let at_ms = to_ms(call.at);
     // Nothing can revoke the key between this check and the money moving.
+    let mut grant_id: Option<String> = None;
     let state: Option<(Option<i64>, i64, i64)> = conn
-        .prepare_cached("SELECT revoked_ms, expires_ms, daily_cap_micros FROM keys WHERE id = ?")?
+        .prepare_cached(
+            "SELECT revoked_ms, expires_ms, daily_cap_micros, grant_id FROM keys WHERE id = ?",
+        )?
         .query_row([&call.key_id], |row| {
+            grant_id = row.get(3)?;
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
@@ -785,7 +938,19 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
             return Ok(OpenedCall::CapExhausted {
                 cap: usd(cap),
                 spend,
+                grant: None,
             });
+        }
+        if let Some(grant_id) = grant_id {
+            if let Some(exhausted) = reserve_in_grant(conn, &grant_id, &day, reserve)? {
+                // The key's reservation above must not stay: this write commits.
+                conn.prepare_cached(
+                    "UPDATE spend SET reserved_micros = reserved_micros - ?1 \
+                     WHERE key_id = ?2 AND day = ?3",
+                )?
+                .execute(params![micros(reserve), call.key_id, day])?;
+                return Ok(exhausted);
+            }
         }
     }
     // Only a reserving call can be replayed: a replay records no idempotency key of its own.
@@ -816,6 +981,54 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
         reserved: reserve,
     })
 }
+
+/// Reserves `amount` against the daily cap of all the grant's keys together; the refusal if it
+/// does not fit.
+fn reserve_in_grant(
+    conn: &rusqlite::Connection,
+    grant_id: &str,
+    day: &str,
+    amount: Usd,
+) -> Result<Option<OpenedCall>, StoreError> {
+    let cap: i64 = conn
+        .prepare_cached("SELECT daily_cap_micros FROM grants WHERE id = ?")?
+        .query_row([grant_id], |row| row.get(0))?;
+    let reserved = conn
+        .prepare_cached(
+            "INSERT INTO grant_spend (grant_id, day, reserved_micros) SELECT ?2, ?3, ?1 \
+             WHERE ?1 <= ?4 ON CONFLICT (grant_id, day) DO UPDATE \
+             SET reserved_micros = reserved_micros + ?1 \
+             WHERE spent_micros + reserved_micros + ?1 <= ?4",
+        )?
+        .execute(params![micros(amount), grant_id, day, cap])?;
+    if reserved > 0 {
+        return Ok(None);
+    }
+    let spend = conn
+        .prepare_cached(
+            "SELECT spent_micros, reserved_micros FROM grant_spend WHERE grant_id = ? AND day = ?",
+        )?
+        .query_row(params![grant_id, day], |row| {
+            Ok(DaySpend {
+                spent: usd(row.get(0)?),
+                reserved: usd(row.get(1)?),
+            })
+        })
+        .optional()?
+        .unwrap_or_default();
+    Ok(Some(OpenedCall::CapExhausted {
+        cap: usd(cap),
+        spend,
+        grant: Some(grant_id.to_owned()),
+    }))
+}
+
+/// Moves a settled call's amounts in its key's grant's day, if the key has a grant: `reserved`
+/// out of the reservations, `cost` into the spend (see [`settle_call`]).
+const SETTLE_IN_GRANT: &str = "INSERT INTO grant_spend (grant_id, day, spent_micros) \
+     SELECT grant_id, ?2, ?4 FROM keys WHERE id = ?1 AND grant_id IS NOT NULL \
+     ON CONFLICT (grant_id, day) DO UPDATE SET reserved_micros = reserved_micros - ?3, \
+     spent_micros = spent_micros + ?4";
 
 /// Settles a call (see [`Store::settle_call`]) inside the writer's transaction.
 fn settle_call(
@@ -859,6 +1072,12 @@ fn settle_call(
              spent_micros = spent_micros + ?4",
         )?
         .execute(params![key_id, day, reserved, micros(cost)])?;
+        conn.prepare_cached(SETTLE_IN_GRANT)?.execute(params![
+            key_id,
+            day,
+            reserved,
+            micros(cost)
+        ])?;
     }
     Ok(Some(Settled {
         key_id,

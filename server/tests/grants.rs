@@ -1,0 +1,469 @@
+//! Grants over real HTTP, on both stores: keys minted with no server contact are checked
+//! against their grant at first use, refused with a clear code for every way they can be wrong,
+//! revoked by their holder (seen or not) or with their grant, and capped all together.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use vault_key_server::clock::ManualClock;
+use vault_key_server::Server;
+use vault_key_wire::{GrantCredential, KeyCaveats};
+
+/// A grant for Stripe payment intents under `run-7/`: `per_key` dollars a key, `total` for all
+/// keys together, keys of at most 10 minutes, the grant itself for an hour.
+async fn grant(server: &Server, per_key: f64, total: f64) -> (Value, GrantCredential) {
+    let (status, grant) = admin(
+        &server.url(),
+        reqwest::Method::POST,
+        "/v1/grants",
+        Some(json!({
+            "label_prefix": "run-7/",
+            "vendor": "stripe",
+            "max_key_usd_cap": per_key,
+            "daily_usd_cap": total,
+            "allowed_endpoints": ["/v1/payment_intents", "/v1/payment_intents/*"],
+            "allowed_methods": ["GET", "POST"],
+            "max_key_ttl": "10m",
+            "expires_in": "1h",
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    let credential = GrantCredential::parse(grant["grant"].as_str().unwrap()).unwrap();
+    (grant, credential)
+}
+
+/// The caveats of a key the grant allows: $20 a day, payment intents, five minutes from `now`.
+fn narrow(credential: &GrantCredential, now: OffsetDateTime) -> KeyCaveats {
+    KeyCaveats {
+        grant_id: credential.id().to_owned(),
+        key_id: vault_key_server::token::generate_key_id(),
+        label: "run-7/charge".to_owned(),
+        vendor: "stripe".to_owned(),
+        daily_cap_micros: 20_000_000,
+        allowed_endpoints: vec!["/v1/payment_intents".parse().unwrap()],
+        allowed_methods: None,
+        issued_at: now.unix_timestamp(),
+        expires_at: (now + time::Duration::minutes(5)).unix_timestamp(),
+    }
+}
+
+fn code(answer: &(u16, Value)) -> (u16, &str) {
+    (answer.0, answer.1["code"].as_str().unwrap_or(""))
+}
+
+/// `POST /v1/grants/{id}/revoke` with `credential` as the bearer.
+async fn holder_revokes(
+    server: &Server,
+    grant_id: &str,
+    bearer: &str,
+    ids: &[&str],
+) -> (u16, Value) {
+    send(
+        http()
+            .post(format!("{}/v1/grants/{grant_id}/revoke", server.url()))
+            .bearer_auth(bearer)
+            .json(&json!({ "ids": ids })),
+    )
+    .await
+}
+
+async fn a_minted_key_is_admitted_at_first_use_and_then_served_like_an_issued_key(db: &TestDb) {
+    let server = start_on(db).await;
+    let (grant, credential) = grant(&server, 20.0, 500.0).await;
+    assert_eq!(grant["max_key_ttl"], "10m");
+    assert_eq!(grant["token_placement"]["header"], "authorization");
+    let caveats = narrow(&credential, OffsetDateTime::now_utc());
+    let token = credential.mint(&caveats);
+
+    assert_eq!(
+        code(&admin_get(&server, &format!("/v1/keys/{}", caveats.key_id)).await).0,
+        404
+    );
+    assert_eq!(charge(&server, &token, 1000).await.0, 200);
+    assert_eq!(charge(&server, &token, 250).await.0, 200);
+    let key = get_key(&server, &caveats.key_id).await;
+    assert_eq!(
+        (
+            key["label"].as_str(),
+            key["status"].as_str(),
+            micros(&key["spent_today_usd"])
+        ),
+        (Some("run-7/charge"), Some("active"), 12_500_000),
+        "{key}"
+    );
+    assert_eq!(micros(&key["daily_usd_cap"]), 20_000_000);
+    let grant_id = grant["id"].as_str().unwrap();
+    let (status, view) = admin_get(&server, &format!("/v1/grants/{grant_id}")).await;
+    assert_eq!((status, view["status"].as_str()), (200, Some("active")));
+    assert_eq!(micros(&view["spent_today_usd"]), 12_500_000, "{view}");
+    assert_eq!(micros(&view["reserved_usd"]), 0);
+    assert!(
+        view.get("grant").is_none(),
+        "the credential is shown once: {view}"
+    );
+    // The sandbox saw the real secret, never the minted token.
+    let received = server.sandbox().unwrap().received();
+    assert!(received.iter().all(|r| !format!("{r:?}").contains(&token)));
+    server.shutdown().await;
+}
+
+async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &TestDb) {
+    let server = start_on(db).await;
+    let (_, credential) = grant(&server, 20.0, 500.0).await;
+    let now = OffsetDateTime::now_utc();
+    let try_key = |caveats: KeyCaveats| {
+        let token = credential.mint(&caveats);
+        let server = &server;
+        async move { charge(server, &token, 100).await }
+    };
+
+    // Forged: the right grant id, another secret.
+    let forger = GrantCredential::from_parts(credential.id(), &"F".repeat(43)).unwrap();
+    let forged = charge(&server, &forger.mint(&narrow(&credential, now)), 100).await;
+    assert_eq!(code(&forged), (401, "invalid_key"), "{}", forged.1);
+    // Tampered: a wider cap written into a token signed for a narrower one.
+    let honest = credential.mint(&narrow(&credential, now));
+    let mut wider = narrow(&credential, now);
+    wider.daily_cap_micros = 1_000_000_000;
+    let tampered = splice_caveats(&honest, &wider);
+    assert_eq!(
+        code(&charge(&server, &tampered, 100).await),
+        (401, "invalid_key")
+    );
+    // A grant id no grant has.
+    let stranger =
+        GrantCredential::from_parts("grt_0000000000000000000000", &"S".repeat(43)).unwrap();
+    let mut caveats = narrow(&stranger, now);
+    caveats.grant_id = stranger.id().to_owned();
+    assert_eq!(
+        code(&charge(&server, &stranger.mint(&caveats), 100).await),
+        (401, "invalid_key")
+    );
+
+    // Wider than the grant, each way.
+    let wider_ways: Vec<(&str, Widening)> = vec![
+        ("cap", Box::new(|c| c.daily_cap_micros = 20_000_001)),
+        ("zero cap", Box::new(|c| c.daily_cap_micros = 0)),
+        (
+            "endpoint",
+            Box::new(|c| c.allowed_endpoints = vec!["/v1/refunds".parse().unwrap()]),
+        ),
+        (
+            "endpoint pattern",
+            Box::new(|c| c.allowed_endpoints = vec!["/v1/payment_intents/**".parse().unwrap()]),
+        ),
+        (
+            "method",
+            Box::new(|c| c.allowed_methods = Some(vec!["DELETE".to_owned()])),
+        ),
+        (
+            "lifetime",
+            Box::new(move |c| c.expires_at = (now + time::Duration::minutes(11)).unix_timestamp()),
+        ),
+        (
+            "minted in the future",
+            Box::new(move |c| {
+                c.issued_at = (now + time::Duration::minutes(5)).unix_timestamp();
+                c.expires_at = (now + time::Duration::minutes(9)).unix_timestamp();
+            }),
+        ),
+        ("label", Box::new(|c| c.label = "run-8/charge".to_owned())),
+        ("vendor", Box::new(|c| c.vendor = "openai".to_owned())),
+        ("id", Box::new(|c| c.key_id = "not-a-key-id".to_owned())),
+    ];
+    for (way, widen) in wider_ways {
+        let mut caveats = narrow(&credential, now);
+        widen(&mut caveats);
+        let refused = try_key(caveats).await;
+        assert_eq!(
+            code(&refused),
+            (403, "key_wider_than_grant"),
+            "{way}: {}",
+            refused.1
+        );
+    }
+    // Expired before its first use.
+    let mut expired = narrow(&credential, now);
+    expired.issued_at = (now - time::Duration::minutes(8)).unix_timestamp();
+    expired.expires_at = (now - time::Duration::minutes(3)).unix_timestamp();
+    assert_eq!(code(&try_key(expired).await), (401, "key_expired"));
+    // Used for another vendor than its own.
+    let token = credential.mint(&narrow(&credential, now));
+    let other_vendor = send(
+        http()
+            .post(format!("{}/openai/v1/embeddings", server.url()))
+            .bearer_auth(&token)
+            .json(&json!({"model": "text-embedding-3-small", "input": "x"})),
+    )
+    .await;
+    assert_eq!(
+        code(&other_vendor),
+        (403, "vendor_mismatch"),
+        "{}",
+        other_vendor.1
+    );
+    // None of it reached the vendor.
+    assert_eq!(charges_executed(std::slice::from_ref(&server)), 0);
+    server.shutdown().await;
+}
+
+/// One way a key asks for more than its grant allows.
+type Widening = Box<dyn Fn(&mut KeyCaveats)>;
+
+/// `token` with its caveats replaced by `caveats`, its tag and a fresh checksum kept: what a
+/// holder who edits a minted key gets.
+fn splice_caveats(token: &str, caveats: &KeyCaveats) -> String {
+    use base64::Engine;
+    let body = &token[..token.len() - 6];
+    let tag = body.rsplit_once('.').unwrap().1;
+    let block = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(caveats).unwrap());
+    let spliced = format!("vkm_{block}.{tag}");
+    let checksum = vault_key_wire::checksum(&spliced);
+    format!("{spliced}{checksum}")
+}
+
+async fn minted_keys_are_revoked_by_their_holder_seen_or_not_and_with_their_grant(db: &TestDb) {
+    let server = start_on(db).await;
+    let (grant, credential) = grant(&server, 20.0, 500.0).await;
+    let grant_id = grant["id"].as_str().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let seen = narrow(&credential, now);
+    let unseen = narrow(&credential, now);
+    let (seen_token, unseen_token) = (credential.mint(&seen), credential.mint(&unseen));
+    assert_eq!(charge(&server, &seen_token, 100).await.0, 200);
+
+    // Only the grant's own credential revokes its keys.
+    let (_, other) = grant_with_prefix(&server, "run-9/").await;
+    for bearer in [other.token(), ADMIN.to_owned(), "vkg_nonsense".to_owned()] {
+        let refused = holder_revokes(&server, grant_id, &bearer, &[&seen.key_id]).await;
+        assert_eq!(code(&refused), (401, "unauthorized"), "{}", refused.1);
+    }
+    assert_eq!(charge(&server, &seen_token, 100).await.0, 200);
+
+    let revoked = holder_revokes(
+        &server,
+        grant_id,
+        &credential.token(),
+        &[&seen.key_id, &unseen.key_id],
+    )
+    .await;
+    assert_eq!(
+        (revoked.0, revoked.1["revoked"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        revoked.1
+    );
+    assert_eq!(
+        code(&charge(&server, &seen_token, 100).await),
+        (401, "key_revoked")
+    );
+    // Revoked before it was ever used: refused at its first use, and never recorded as live.
+    assert_eq!(
+        code(&charge(&server, &unseen_token, 100).await),
+        (401, "key_revoked")
+    );
+    assert_eq!(
+        admin_get(&server, &format!("/v1/keys/{}", unseen.key_id))
+            .await
+            .0,
+        404
+    );
+
+    // Revoking the grant: its seen keys at once, its unseen ones at first use.
+    let live = narrow(&credential, now);
+    let live_token = credential.mint(&live);
+    assert_eq!(charge(&server, &live_token, 100).await.0, 200);
+    let never_used = credential.mint(&narrow(&credential, now));
+    let (status, body) = admin(
+        &server.url(),
+        reqwest::Method::DELETE,
+        &format!("/v1/grants/{grant_id}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, body["revoked"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(
+        code(&charge(&server, &live_token, 100).await),
+        (401, "key_revoked")
+    );
+    assert_eq!(
+        code(&charge(&server, &never_used, 100).await),
+        (401, "key_revoked")
+    );
+    let (_, view) = admin_get(&server, &format!("/v1/grants/{grant_id}")).await;
+    assert_eq!(view["status"], "revoked");
+    let (status, _) = admin(
+        &server.url(),
+        reqwest::Method::DELETE,
+        "/v1/grants/grt_0000000000000000000000",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.shutdown().await;
+}
+
+async fn grant_with_prefix(server: &Server, prefix: &str) -> (Value, GrantCredential) {
+    let (status, grant) = admin(
+        &server.url(),
+        reqwest::Method::POST,
+        "/v1/grants",
+        Some(json!({
+            "label_prefix": prefix, "vendor": "stripe", "max_key_usd_cap": 1, "daily_usd_cap": 1,
+            "allowed_endpoints": ["/v1/customers"], "max_key_ttl": "1m", "expires_in": "10m",
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    let credential = GrantCredential::parse(grant["grant"].as_str().unwrap()).unwrap();
+    (grant, credential)
+}
+
+async fn a_grants_daily_cap_holds_across_all_its_keys_at_once(db: &TestDb) {
+    let server = start_on(db).await;
+    let (grant, credential) = grant(&server, 20.0, 500.0).await;
+    let now = OffsetDateTime::now_utc();
+    let tokens: Vec<String> = (0..100)
+        .map(|_| credential.mint(&narrow(&credential, now)))
+        .collect();
+    let url = server.url();
+    let answers = futures_util::future::join_all(tokens.iter().map(|token| {
+        let url = url.clone();
+        async move {
+            stripe_form(
+                &url,
+                token,
+                "/v1/payment_intents",
+                "amount=1000&currency=usd",
+                &[],
+            )
+            .await
+        }
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let capped: Vec<&(u16, Value)> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert_eq!(
+        (ok, capped.len()),
+        (50, 50),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    let grant_id = grant["id"].as_str().unwrap();
+    for refused in &capped {
+        assert_eq!(refused.1["code"], "cap_exhausted");
+        assert_eq!(refused.1["grant_id"], grant_id, "{}", refused.1);
+    }
+    assert_eq!(charges_executed(std::slice::from_ref(&server)), 50);
+    let (_, view) = admin_get(&server, &format!("/v1/grants/{grant_id}")).await;
+    assert_eq!(
+        (
+            micros(&view["spent_today_usd"]),
+            micros(&view["reserved_usd"])
+        ),
+        (500_000_000, 0),
+        "{view}"
+    );
+    // Each key's own spend is its one charge or nothing; together, the grant's.
+    let mut total = 0;
+    for token in &tokens {
+        let id = vault_key_wire::MintedToken::parse(token)
+            .unwrap()
+            .caveats()
+            .key_id
+            .clone();
+        let (status, key) = admin_get(&server, &format!("/v1/keys/{id}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(micros(&key["reserved_usd"]), 0, "{key}");
+        total += micros(&key["spent_today_usd"]);
+    }
+    assert_eq!(total, 500_000_000);
+    server.shutdown().await;
+}
+
+async fn a_grant_expires_with_every_key_minted_from_it(db: &TestDb) {
+    let clock = ManualClock::new(OffsetDateTime::now_utc());
+    let server = {
+        let clock = clock.clone();
+        start_on_with(db, move |config| config.clock = Arc::new(clock)).await
+    };
+    let (_, credential) = grant(&server, 20.0, 500.0).await;
+    let start = OffsetDateTime::now_utc();
+    let seen = credential.mint(&narrow(&credential, start));
+    assert_eq!(charge(&server, &seen, 100).await.0, 200);
+    // An hour on, the grant has expired; a key minted just before it is refused too.
+    clock.advance(Duration::from_secs(3600));
+    let late = start + time::Duration::minutes(58);
+    let mut caveats = narrow(&credential, late);
+    caveats.expires_at = (late + time::Duration::minutes(1)).unix_timestamp();
+    assert_eq!(
+        code(&charge(&server, &credential.mint(&caveats), 100).await),
+        (401, "key_expired")
+    );
+    assert_eq!(
+        code(&charge(&server, &seen, 100).await),
+        (401, "key_expired")
+    );
+    server.shutdown().await;
+}
+
+async fn bad_grant_requests_name_their_field(db: &TestDb) {
+    let server = start_on(db).await;
+    let good = json!({
+        "label_prefix": "run-7/", "vendor": "stripe", "max_key_usd_cap": 20, "daily_usd_cap": 500,
+        "allowed_endpoints": ["/v1/payment_intents"], "max_key_ttl": "10m", "expires_in": "1h",
+    });
+    let cases = [
+        ("max_key_usd_cap", json!(501)),
+        ("daily_usd_cap", json!(0)),
+        ("vendor", json!("strpe")),
+        ("allowed_endpoints", json!(["v1/x"])),
+        ("allowed_methods", json!(["BREW"])),
+        ("max_key_ttl", json!("100d")),
+        ("expires_in", json!("365d")),
+        ("label_prefix", json!("run\u{7}")),
+        ("surprise", json!(true)),
+    ];
+    for (field, value) in cases {
+        let mut body = good.clone();
+        body[field] = value;
+        let (status, error) = admin(
+            &server.url(),
+            reqwest::Method::POST,
+            "/v1/grants",
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (status, error["code"].as_str(), error["field"].as_str()),
+            (400, Some("invalid_request"), Some(field)),
+            "{error}"
+        );
+    }
+    let (status, _) = send(
+        http()
+            .post(format!("{}/v1/grants", server.url()))
+            .json(&good),
+    )
+    .await;
+    assert_eq!(status, 401, "creating a grant takes the admin token");
+    server.shutdown().await;
+}
+
+on_both_stores!(
+    tokio::test(flavor = "multi_thread", worker_threads = 4);
+    a_minted_key_is_admitted_at_first_use_and_then_served_like_an_issued_key,
+    a_key_that_is_not_its_grants_to_make_is_refused_with_its_code,
+    minted_keys_are_revoked_by_their_holder_seen_or_not_and_with_their_grant,
+    a_grants_daily_cap_holds_across_all_its_keys_at_once,
+    a_grant_expires_with_every_key_minted_from_it,
+    bad_grant_requests_name_their_field,
+);
