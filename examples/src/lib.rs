@@ -74,6 +74,23 @@ impl LocalServer {
             .await
     }
 
+    /// Creates a grant (`POST /v1/grants` with `terms`, as the API takes them): the credential
+    /// a backend mints its keys from.
+    pub async fn create_grant(
+        &self,
+        terms: serde_json::Value,
+    ) -> Result<vault_key_wire::IssuedGrant, reqwest::Error> {
+        reqwest::Client::new()
+            .post(format!("{}/v1/grants", self.server.url()))
+            .bearer_auth(&self.admin_token)
+            .json(&terms)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+    }
+
     /// The keys whose label starts with `prefix` (first page), as the server reports them.
     pub async fn keys_labelled(
         &self,

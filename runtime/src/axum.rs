@@ -267,12 +267,13 @@ impl IntoResponse for Error {
         let (status, body) = match &self {
             Error::CapExhausted {
                 cap,
+                grant,
                 spent,
                 reserved,
                 requested,
             } => (
                 StatusCode::PAYMENT_REQUIRED,
-                json!({"code": "spend_cap_exceeded", "message": message, "cap_usd": cap, "spent_usd": spent, "reserved_usd": reserved, "requested_usd": requested}),
+                json!({"code": "spend_cap_exceeded", "message": message, "cap_usd": cap, "grant_id": grant, "spent_usd": spent, "reserved_usd": reserved, "requested_usd": requested}),
             ),
             Error::Unavailable(_) | Error::NotConfigured(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -327,6 +328,7 @@ mod tests {
     async fn cap_exhausted_becomes_402_spend_cap_exceeded() {
         let error = Error::CapExhausted {
             cap: vault_key_wire::Usd::from_micros(500_000_000),
+            grant: None,
             spent: vault_key_wire::Usd::from_micros(495_000_000),
             reserved: vault_key_wire::Usd::ZERO,
             requested: vault_key_wire::Usd::from_micros(10_000_000),

@@ -14,6 +14,7 @@ use vault_key_wire::{ErrorBody, ErrorCode, Usd};
 ///
 /// let error = Error::CapExhausted {
 ///     cap: Usd::from_micros(500_000_000),
+///     grant: None,
 ///     spent: Usd::from_micros(495_000_000),
 ///     reserved: Usd::ZERO,
 ///     requested: Usd::from_micros(10_000_000),
@@ -24,11 +25,14 @@ use vault_key_wire::{ErrorBody, ErrorCode, Usd};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The call could cost more than what is left of the key's daily cap.
-    #[error("spend cap reached: ${spent} spent and ${reserved} reserved of ${cap} today; this call could cost ${requested}")]
+    /// The call could cost more than what is left of the key's daily cap, or of its grant's (the
+    /// cap of all the grant's keys together).
+    #[error("spend cap reached{}: ${spent} spent and ${reserved} reserved of ${cap} today; this call could cost ${requested}", .grant.as_ref().map_or(String::new(), |g| format!(" by all keys of grant {g}")))]
     CapExhausted {
-        /// The key's daily cap.
+        /// The daily cap reached: the key's, or its grant's.
         cap: Usd,
+        /// The grant whose cap it is; `None` for the key's own.
+        grant: Option<String>,
         /// Settled spend today.
         spent: Usd,
         /// Held by calls in flight.
@@ -169,6 +173,7 @@ impl Error {
         match body.code {
             ErrorCode::CapExhausted => Error::CapExhausted {
                 cap: body.cap_usd.unwrap_or_default(),
+                grant: body.grant_id,
                 spent: body.spent_usd.unwrap_or_default(),
                 reserved: body.reserved_usd.unwrap_or_default(),
                 requested: body.requested_usd.unwrap_or_default(),

@@ -15,45 +15,6 @@ use vault_key_server::clock::ManualClock;
 use vault_key_server::Server;
 use vault_key_wire::{GrantCredential, KeyCaveats};
 
-/// A grant for Stripe payment intents under `run-7/`: `per_key` dollars a key, `total` for all
-/// keys together, keys of at most 10 minutes, the grant itself for an hour.
-async fn grant(server: &Server, per_key: f64, total: f64) -> (Value, GrantCredential) {
-    let (status, grant) = admin(
-        &server.url(),
-        reqwest::Method::POST,
-        "/v1/grants",
-        Some(json!({
-            "label_prefix": "run-7/",
-            "vendor": "stripe",
-            "max_key_usd_cap": per_key,
-            "daily_usd_cap": total,
-            "allowed_endpoints": ["/v1/payment_intents", "/v1/payment_intents/*"],
-            "allowed_methods": ["GET", "POST"],
-            "max_key_ttl": "10m",
-            "expires_in": "1h",
-        })),
-    )
-    .await;
-    assert_eq!(status, 201, "{grant}");
-    let credential = GrantCredential::parse(grant["grant"].as_str().unwrap()).unwrap();
-    (grant, credential)
-}
-
-/// The caveats of a key the grant allows: $20 a day, payment intents, five minutes from `now`.
-fn narrow(credential: &GrantCredential, now: OffsetDateTime) -> KeyCaveats {
-    KeyCaveats {
-        grant_id: credential.id().to_owned(),
-        key_id: vault_key_server::token::generate_key_id(),
-        label: "run-7/charge".to_owned(),
-        vendor: "stripe".to_owned(),
-        daily_cap_micros: 20_000_000,
-        allowed_endpoints: vec!["/v1/payment_intents".parse().unwrap()],
-        allowed_methods: None,
-        issued_at: now.unix_timestamp(),
-        expires_at: (now + time::Duration::minutes(5)).unix_timestamp(),
-    }
-}
-
 fn code(answer: &(u16, Value)) -> (u16, &str) {
     (answer.0, answer.1["code"].as_str().unwrap_or(""))
 }
@@ -76,10 +37,10 @@ async fn holder_revokes(
 
 async fn a_minted_key_is_admitted_at_first_use_and_then_served_like_an_issued_key(db: &TestDb) {
     let server = start_on(db).await;
-    let (grant, credential) = grant(&server, 20.0, 500.0).await;
+    let (grant, credential) = stripe_grant(&server, 20.0, 500.0).await;
     assert_eq!(grant["max_key_ttl"], "10m");
     assert_eq!(grant["token_placement"]["header"], "authorization");
-    let caveats = narrow(&credential, OffsetDateTime::now_utc());
+    let caveats = caveats_within(&credential, OffsetDateTime::now_utc());
     let token = credential.mint(&caveats);
 
     assert_eq!(
@@ -116,7 +77,7 @@ async fn a_minted_key_is_admitted_at_first_use_and_then_served_like_an_issued_ke
 
 async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &TestDb) {
     let server = start_on(db).await;
-    let (_, credential) = grant(&server, 20.0, 500.0).await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let now = OffsetDateTime::now_utc();
     let try_key = |caveats: KeyCaveats| {
         let token = credential.mint(&caveats);
@@ -126,11 +87,16 @@ async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &Test
 
     // Forged: the right grant id, another secret.
     let forger = GrantCredential::from_parts(credential.id(), &"F".repeat(43)).unwrap();
-    let forged = charge(&server, &forger.mint(&narrow(&credential, now)), 100).await;
+    let forged = charge(
+        &server,
+        &forger.mint(&caveats_within(&credential, now)),
+        100,
+    )
+    .await;
     assert_eq!(code(&forged), (401, "invalid_key"), "{}", forged.1);
     // Tampered: a wider cap written into a token signed for a narrower one.
-    let honest = credential.mint(&narrow(&credential, now));
-    let mut wider = narrow(&credential, now);
+    let honest = credential.mint(&caveats_within(&credential, now));
+    let mut wider = caveats_within(&credential, now);
     wider.daily_cap_micros = 1_000_000_000;
     let tampered = splice_caveats(&honest, &wider);
     assert_eq!(
@@ -140,7 +106,7 @@ async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &Test
     // A grant id no grant has.
     let stranger =
         GrantCredential::from_parts("grt_0000000000000000000000", &"S".repeat(43)).unwrap();
-    let mut caveats = narrow(&stranger, now);
+    let mut caveats = caveats_within(&stranger, now);
     caveats.grant_id = stranger.id().to_owned();
     assert_eq!(
         code(&charge(&server, &stranger.mint(&caveats), 100).await),
@@ -179,7 +145,7 @@ async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &Test
         ("id", Box::new(|c| c.key_id = "not-a-key-id".to_owned())),
     ];
     for (way, widen) in wider_ways {
-        let mut caveats = narrow(&credential, now);
+        let mut caveats = caveats_within(&credential, now);
         widen(&mut caveats);
         let refused = try_key(caveats).await;
         assert_eq!(
@@ -190,12 +156,12 @@ async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &Test
         );
     }
     // Expired before its first use.
-    let mut expired = narrow(&credential, now);
+    let mut expired = caveats_within(&credential, now);
     expired.issued_at = (now - time::Duration::minutes(8)).unix_timestamp();
     expired.expires_at = (now - time::Duration::minutes(3)).unix_timestamp();
     assert_eq!(code(&try_key(expired).await), (401, "key_expired"));
     // Used for another vendor than its own.
-    let token = credential.mint(&narrow(&credential, now));
+    let token = credential.mint(&caveats_within(&credential, now));
     let other_vendor = send(
         http()
             .post(format!("{}/openai/v1/embeddings", server.url()))
@@ -232,11 +198,11 @@ fn splice_caveats(token: &str, caveats: &KeyCaveats) -> String {
 
 async fn minted_keys_are_revoked_by_their_holder_seen_or_not_and_with_their_grant(db: &TestDb) {
     let server = start_on(db).await;
-    let (grant, credential) = grant(&server, 20.0, 500.0).await;
+    let (grant, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let grant_id = grant["id"].as_str().unwrap();
     let now = OffsetDateTime::now_utc();
-    let seen = narrow(&credential, now);
-    let unseen = narrow(&credential, now);
+    let seen = caveats_within(&credential, now);
+    let unseen = caveats_within(&credential, now);
     let (seen_token, unseen_token) = (credential.mint(&seen), credential.mint(&unseen));
     assert_eq!(charge(&server, &seen_token, 100).await.0, 200);
 
@@ -278,10 +244,10 @@ async fn minted_keys_are_revoked_by_their_holder_seen_or_not_and_with_their_gran
     );
 
     // Revoking the grant: its seen keys at once, its unseen ones at first use.
-    let live = narrow(&credential, now);
+    let live = caveats_within(&credential, now);
     let live_token = credential.mint(&live);
     assert_eq!(charge(&server, &live_token, 100).await.0, 200);
-    let never_used = credential.mint(&narrow(&credential, now));
+    let never_used = credential.mint(&caveats_within(&credential, now));
     let (status, body) = admin(
         &server.url(),
         reqwest::Method::DELETE,
@@ -329,10 +295,10 @@ async fn grant_with_prefix(server: &Server, prefix: &str) -> (Value, GrantCreden
 
 async fn a_grants_daily_cap_holds_across_all_its_keys_at_once(db: &TestDb) {
     let server = start_on(db).await;
-    let (grant, credential) = grant(&server, 20.0, 500.0).await;
+    let (grant, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let now = OffsetDateTime::now_utc();
     let tokens: Vec<String> = (0..100)
-        .map(|_| credential.mint(&narrow(&credential, now)))
+        .map(|_| credential.mint(&caveats_within(&credential, now)))
         .collect();
     let url = server.url();
     let answers = futures_util::future::join_all(tokens.iter().map(|token| {
@@ -395,14 +361,14 @@ async fn a_grant_expires_with_every_key_minted_from_it(db: &TestDb) {
         let clock = clock.clone();
         start_on_with(db, move |config| config.clock = Arc::new(clock)).await
     };
-    let (_, credential) = grant(&server, 20.0, 500.0).await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let start = OffsetDateTime::now_utc();
-    let seen = credential.mint(&narrow(&credential, start));
+    let seen = credential.mint(&caveats_within(&credential, start));
     assert_eq!(charge(&server, &seen, 100).await.0, 200);
     // An hour on, the grant has expired; a key minted just before it is refused too.
     clock.advance(Duration::from_secs(3600));
     let late = start + time::Duration::minutes(58);
-    let mut caveats = narrow(&credential, late);
+    let mut caveats = caveats_within(&credential, late);
     caveats.expires_at = (late + time::Duration::minutes(1)).unix_timestamp();
     assert_eq!(
         code(&charge(&server, &credential.mint(&caveats), 100).await),

@@ -131,6 +131,77 @@ async fn a_key_revoked_through_one_server_is_refused_by_the_others_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_revoked_through_one_server_stops_its_keys_on_the_others_as_fast_as_a_key() {
+    let Some(db) = TestDb::postgres(
+        "a_grant_revoked_through_one_server_stops_its_keys_on_the_others_as_fast_as_a_key",
+    )
+    .await
+    else {
+        return;
+    };
+    let servers = cluster(&db, 2).await;
+    let (a, b) = (&servers[0], &servers[1]);
+    // Until B refuses `token`: how long after `since`.
+    let refused_by_b = |token: String, since: Instant| async move {
+        loop {
+            let (status, code) = list_intents(&b.url(), &token).await;
+            if status == 401 {
+                assert_eq!(code, "key_revoked");
+                return since.elapsed();
+            }
+            assert_eq!(status, 200);
+            assert!(
+                since.elapsed() < Duration::from_secs(5),
+                "B still serves it 5 s on"
+            );
+        }
+    };
+    let (mut key_lags, mut grant_lags) = (Vec::new(), Vec::new());
+    for trial in 0..20 {
+        let issued = stripe_key(a, &format!("issued-{trial}"), 5.0).await;
+        let (grant, credential) = stripe_grant(a, 20.0, 500.0).await;
+        let minted = credential.mint(&caveats_within(
+            &credential,
+            time::OffsetDateTime::now_utc(),
+        ));
+        // B holds both keys in memory.
+        assert_eq!(list_intents(&b.url(), token(&issued)).await.0, 200);
+        assert_eq!(list_intents(&b.url(), &minted).await.0, 200);
+
+        assert_eq!(revoke(a, &issued).await, 204);
+        key_lags.push(refused_by_b(token(&issued).to_owned(), Instant::now()).await);
+        let (status, _) = admin(
+            &a.url(),
+            reqwest::Method::DELETE,
+            &format!("/v1/grants/{}", grant["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        grant_lags.push(refused_by_b(minted, Instant::now()).await);
+    }
+    key_lags.sort();
+    grant_lags.sort();
+    let p50 = |lags: &[Duration]| lags[lags.len() / 2];
+    eprintln!(
+        "refused by B after revocation through A: a key p50 {:?} max {:?}; a grant's key p50 {:?} max {:?}",
+        p50(&key_lags),
+        key_lags[key_lags.len() - 1],
+        p50(&grant_lags),
+        grant_lags[grant_lags.len() - 1],
+    );
+    // The same push carries both (each revoked key's id); the bounds are those of a key's.
+    assert!(
+        p50(&grant_lags) < Duration::from_millis(100),
+        "{grant_lags:?}"
+    );
+    assert!(
+        grant_lags[grant_lags.len() - 1] < Duration::from_secs(1),
+        "{grant_lags:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_billed_past_its_cap_through_one_server_is_stopped_on_the_others() {
     let Some(db) =
         TestDb::postgres("a_key_billed_past_its_cap_through_one_server_is_stopped_on_the_others")

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use vault_key_server::meter::Meter;
 use vault_key_server::vendor::{rest_methods, ErrorEnvelope, Upstream, Vendor, VendorAuth};
 use vault_key_server::{Server, ServerConfig};
+use vault_key_wire::{GrantCredential, KeyCaveats};
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
@@ -571,4 +572,43 @@ pub fn model_call(
         request = request.header(*name, *value);
     }
     request
+}
+
+/// A grant for Stripe payment intents under `run-7/`: `per_key` dollars a key, `total` for all
+/// keys together, keys of at most 10 minutes, the grant itself for an hour.
+pub async fn stripe_grant(server: &Server, per_key: f64, total: f64) -> (Value, GrantCredential) {
+    let (status, grant) = admin(
+        &server.url(),
+        reqwest::Method::POST,
+        "/v1/grants",
+        Some(json!({
+            "label_prefix": "run-7/",
+            "vendor": "stripe",
+            "max_key_usd_cap": per_key,
+            "daily_usd_cap": total,
+            "allowed_endpoints": ["/v1/payment_intents", "/v1/payment_intents/*"],
+            "allowed_methods": ["GET", "POST"],
+            "max_key_ttl": "10m",
+            "expires_in": "1h",
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    let credential = GrantCredential::parse(grant["grant"].as_str().unwrap()).unwrap();
+    (grant, credential)
+}
+
+/// The caveats of a key the grant allows: $20 a day, payment intents, five minutes from `now`.
+pub fn caveats_within(credential: &GrantCredential, now: time::OffsetDateTime) -> KeyCaveats {
+    KeyCaveats {
+        grant_id: credential.id().to_owned(),
+        key_id: vault_key_server::token::generate_key_id(),
+        label: "run-7/charge".to_owned(),
+        vendor: "stripe".to_owned(),
+        daily_cap_micros: 20_000_000,
+        allowed_endpoints: vec!["/v1/payment_intents".parse().unwrap()],
+        allowed_methods: None,
+        issued_at: now.unix_timestamp(),
+        expires_at: (now + time::Duration::minutes(5)).unix_timestamp(),
+    }
 }
