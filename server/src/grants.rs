@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use vault_key_wire::{
     ErrorCode, GrantCredential, GrantTerms, GrantView, IssuedGrant, KeyCaveats, KeyStatus,
-    MintedToken, RevokedCount, Usd, GRANT_ID_PREFIX,
+    MintedToken, RevokedCount, RunCaveats, Usd, GRANT_ID_PREFIX,
 };
 
 use crate::api::{bearer, label_text, read_object, Admin, AdminBody, Fields, MAX_ENDPOINTS};
@@ -94,7 +94,8 @@ async fn create_grant(
     })?;
     let grant = GrantRecord {
         id: credential.id().to_owned(),
-        secret: SecretString::from(credential.secret().to_owned()),
+        secret: Some(SecretString::from(credential.secret().to_owned())),
+        parent_id: None,
         label_prefix: label_prefix.to_owned(),
         vendor: vendor_name.to_owned(),
         max_key_cap,
@@ -231,8 +232,9 @@ async fn revoke_minted(
         .grant(&id, utc_day(now))
         .await?
         .ok_or_else(unauthorized)?;
-    let presented = TokenHash::of(credential.secret());
-    if !presented.matches(&TokenHash::of(grant.secret.expose_secret())) {
+    // A run has no credential of its own: its keys are revoked with its grant's.
+    let stored = grant.secret.as_ref().ok_or_else(unauthorized)?;
+    if !TokenHash::of(credential.secret()).matches(&TokenHash::of(stored.expose_secret())) {
         return Err(unauthorized());
     }
     let request = read_object(&body)?;
@@ -267,7 +269,12 @@ pub(crate) async fn admit(
         .ok_or(Refusal::InvalidKey(
             "the minted key names no grant of this server",
         ))?;
-    if !minted.is_signed_by(grant.secret.expose_secret()) {
+    // A run's id in a key's grant field: runs have no secret, so nothing verifies.
+    let signed = grant
+        .secret
+        .as_ref()
+        .is_some_and(|secret| minted.is_signed_by(secret.expose_secret()));
+    if !signed {
         return Err(Refusal::InvalidKey(
             "the minted key was not minted by its grant, or was changed since",
         ));
@@ -278,11 +285,25 @@ pub(crate) async fn admit(
     if now >= grant.expires_at {
         return Err(Refusal::KeyExpired);
     }
-    let key = narrowed_key(&grant, caveats, hash, now).map_err(Refusal::KeyWiderThanGrant)?;
+    // A key of a run narrows the run, which narrows the grant.
+    let run = minted
+        .run()
+        .map(|run| narrowed_run(&grant, run, now))
+        .transpose()
+        .map_err(Refusal::KeyWiderThanGrant)?;
+    let scope = run.as_ref().unwrap_or(&grant);
+    if now >= scope.expires_at {
+        return Err(Refusal::KeyExpired);
+    }
+    let key = narrowed_key(scope, caveats, hash, now).map_err(Refusal::KeyWiderThanGrant)?;
     if now >= key.expires_at {
         return Err(Refusal::KeyExpired);
     }
-    match app.store.record_minted_key(&key, day).await? {
+    match app
+        .store
+        .record_minted_key(&key, run.as_ref(), &grant.id, day)
+        .await?
+    {
         MintedKey::Recorded(found) => {
             let (key, spend) = *found;
             tracing::info!(key_id = %key.id, grant_id = %grant.id, label = %key.label, "minted key admitted");
@@ -290,9 +311,61 @@ pub(crate) async fn admit(
         }
         MintedKey::Revoked => Err(Refusal::KeyRevoked),
         MintedKey::IdTaken => Err(Refusal::InvalidKey(
-            "the minted key's id belongs to another key",
+            "the minted key's id belongs to another key, or its run's id to another run",
         )),
     }
+}
+
+/// The run a minted key's run block describes, as a grant of its own under `grant`, if it
+/// narrows the grant; else what is wider. Its keys' other terms (largest key cap, endpoints,
+/// methods, longest life) are the grant's.
+fn narrowed_run(
+    grant: &GrantRecord,
+    run: &RunCaveats,
+    now: OffsetDateTime,
+) -> Result<GrantRecord, String> {
+    let id_ok = run
+        .run_id
+        .strip_prefix(GRANT_ID_PREFIX)
+        .is_some_and(|rest| rest.len() == 22 && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !id_ok {
+        return Err("its run's id is not a grant id (`grt_` and 22 letters or digits)".to_owned());
+    }
+    if !run.label_prefix.starts_with(&grant.label_prefix)
+        || label_text("label_prefix", &run.label_prefix).is_err()
+    {
+        return Err(format!(
+            "its run's label prefix must start with `{}`",
+            grant.label_prefix
+        ));
+    }
+    let cap = Usd::from_micros(run.daily_cap_micros);
+    if cap.is_zero() || cap > grant.daily_cap {
+        return Err(format!(
+            "its run's daily cap ${cap} is not between $0 and the grant's ${}",
+            grant.daily_cap
+        ));
+    }
+    let expires_at = OffsetDateTime::from_unix_timestamp(run.expires_at)
+        .map_err(|_| "its run's end is out of range".to_owned())?;
+    if expires_at > grant.expires_at {
+        return Err("its run would outlive its grant".to_owned());
+    }
+    Ok(GrantRecord {
+        id: run.run_id.clone(),
+        secret: None,
+        parent_id: Some(grant.id.clone()),
+        label_prefix: run.label_prefix.clone(),
+        vendor: grant.vendor.clone(),
+        max_key_cap: grant.max_key_cap.min(cap),
+        daily_cap: cap,
+        allowed_endpoints: grant.allowed_endpoints.clone(),
+        allowed_methods: grant.allowed_methods.clone(),
+        max_key_ttl: grant.max_key_ttl,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    })
 }
 
 /// The key a minted token describes, if every caveat narrows its grant; else what is wider.

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use vault_key_server::clock::ManualClock;
 use vault_key_server::Server;
-use vault_key_wire::{GrantCredential, KeyCaveats};
+use vault_key_wire::{GrantCredential, KeyCaveats, RunCaveats};
 
 fn code(answer: &(u16, Value)) -> (u16, &str) {
     (answer.0, answer.1["code"].as_str().unwrap_or(""))
@@ -424,6 +424,171 @@ async fn bad_grant_requests_name_their_field(db: &TestDb) {
     server.shutdown().await;
 }
 
+/// The caveats of run `name` under the `run-7/` grant: `cap` dollars for all its keys, for half an hour.
+fn run_of(name: &str, cap: u64) -> RunCaveats {
+    RunCaveats {
+        run_id: format!("grt_{}", &vault_key_server::token::generate_key_id()[4..]),
+        label_prefix: format!("run-7/{name}/"),
+        daily_cap_micros: cap * 1_000_000,
+        expires_at: (OffsetDateTime::now_utc() + time::Duration::minutes(30)).unix_timestamp(),
+    }
+}
+
+/// A key of `run`, labelled under it.
+fn key_of_run(credential: &GrantCredential, run: &RunCaveats) -> KeyCaveats {
+    let mut caveats = caveats_within(credential, OffsetDateTime::now_utc());
+    caveats.label = format!("{}charge", run.label_prefix);
+    caveats
+}
+
+async fn a_run_budget_minted_from_a_grant_caps_its_keys_together(db: &TestDb) {
+    let server = start_on(db).await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
+    let (run_a, run_b) = (run_of("a", 30), run_of("b", 30));
+    let (a, b) = (credential.open_run(&run_a), credential.open_run(&run_b));
+
+    // Twenty keys of run A at once, $10 each, against its $30: exactly three charge.
+    let url = server.url();
+    let tokens: Vec<String> = (0..20)
+        .map(|_| a.mint(&key_of_run(&credential, &run_a)))
+        .collect();
+    let answers = futures_util::future::join_all(tokens.iter().map(|token| {
+        let url = url.clone();
+        async move {
+            stripe_form(
+                &url,
+                token,
+                "/v1/payment_intents",
+                "amount=1000&currency=usd",
+                &[],
+            )
+            .await
+        }
+    }))
+    .await;
+    assert_eq!(answers.iter().filter(|a| a.0 == 200).count(), 3);
+    for refused in answers.iter().filter(|a| a.0 != 200) {
+        assert_eq!(code(refused), (429, "cap_exhausted"));
+        assert_eq!(
+            refused.1["grant_id"],
+            run_a.run_id.as_str(),
+            "{}",
+            refused.1
+        );
+    }
+    // Run B has its own $30 (three keys, a charge each); the grant sees both runs.
+    let b_keys: Vec<String> = (0..4)
+        .map(|_| b.mint(&key_of_run(&credential, &run_b)))
+        .collect();
+    for key in &b_keys[..3] {
+        assert_eq!(charge(&server, key, 1000).await.0, 200);
+    }
+    let over = charge(&server, &b_keys[3], 1000).await;
+    assert_eq!(code(&over), (429, "cap_exhausted"));
+    assert_eq!(over.1["grant_id"], run_b.run_id.as_str());
+    let b_key = b_keys[0].clone();
+    let (_, grant_view) = admin_get(&server, &format!("/v1/grants/{}", credential.id())).await;
+    assert_eq!(
+        micros(&grant_view["spent_today_usd"]),
+        60_000_000,
+        "{grant_view}"
+    );
+    let (_, run_view) = admin_get(&server, &format!("/v1/grants/{}", run_a.run_id)).await;
+    assert_eq!(
+        micros(&run_view["spent_today_usd"]),
+        30_000_000,
+        "{run_view}"
+    );
+    assert_eq!(micros(&run_view["reserved_usd"]), 0);
+
+    // A run wider than its grant, or a key outside its run: refused before anything is recorded.
+    let now = OffsetDateTime::now_utc();
+    let mut too_rich = run_of("c", 30);
+    too_rich.daily_cap_micros = 501_000_000;
+    let mut elsewhere = run_of("d", 30);
+    elsewhere.label_prefix = "run-8/".to_owned();
+    let mut outliving = run_of("e", 30);
+    outliving.expires_at = (now + time::Duration::hours(2)).unix_timestamp();
+    for (what, run) in [
+        ("cap", too_rich),
+        ("prefix", elsewhere),
+        ("expiry", outliving),
+    ] {
+        let token = credential
+            .open_run(&run)
+            .mint(&key_of_run(&credential, &run));
+        let refused = charge(&server, &token, 100).await;
+        assert_eq!(
+            code(&refused),
+            (403, "key_wider_than_grant"),
+            "{what}: {}",
+            refused.1
+        );
+    }
+    let mut stray = key_of_run(&credential, &run_a);
+    stray.label = "run-7/b/charge".to_owned();
+    assert_eq!(
+        code(&charge(&server, &a.mint(&stray), 100).await),
+        (403, "key_wider_than_grant")
+    );
+    // The same run id with other terms is not the run.
+    let mut impostor = run_a.clone();
+    impostor.daily_cap_micros = 300_000_000;
+    let token = credential
+        .open_run(&impostor)
+        .mint(&key_of_run(&credential, &impostor));
+    assert_eq!(
+        code(&charge(&server, &token, 100).await),
+        (401, "invalid_key")
+    );
+
+    // Stopping one run: its keys, seen or not, and no other run's.
+    let (status, _) = admin(
+        &server.url(),
+        reqwest::Method::DELETE,
+        &format!("/v1/grants/{}", run_a.run_id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(code(&list(&server, &tokens[0]).await), (401, "key_revoked"));
+    let unseen = a.mint(&key_of_run(&credential, &run_a));
+    assert_eq!(code(&list(&server, &unseen).await), (401, "key_revoked"));
+    assert_eq!(list(&server, &b_key).await.0, 200);
+    // The grant's holder revokes a run's key with the grant's credential.
+    let b_id = vault_key_wire::MintedToken::parse(&b_key)
+        .unwrap()
+        .caveats()
+        .key_id
+        .clone();
+    let revoked = holder_revokes(&server, credential.id(), &credential.token(), &[&b_id]).await;
+    assert_eq!(revoked.1["revoked"], 1, "{}", revoked.1);
+    assert_eq!(code(&list(&server, &b_key).await), (401, "key_revoked"));
+    // And the grant stops every run.
+    let b_other = b.mint(&key_of_run(&credential, &run_b));
+    assert_eq!(list(&server, &b_other).await.0, 200);
+    let (status, _) = admin(
+        &server.url(),
+        reqwest::Method::DELETE,
+        &format!("/v1/grants/{}", credential.id()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(code(&list(&server, &b_other).await), (401, "key_revoked"));
+    server.shutdown().await;
+}
+
+/// A free read through the proxy.
+async fn list(server: &Server, token: &str) -> (u16, Value) {
+    send(
+        http()
+            .get(format!("{}/stripe/v1/payment_intents", server.url()))
+            .bearer_auth(token),
+    )
+    .await
+}
+
 on_both_stores!(
     tokio::test(flavor = "multi_thread", worker_threads = 4);
     a_minted_key_is_admitted_at_first_use_and_then_served_like_an_issued_key,
@@ -432,4 +597,5 @@ on_both_stores!(
     a_grants_daily_cap_holds_across_all_its_keys_at_once,
     a_grant_expires_with_every_key_minted_from_it,
     bad_grant_requests_name_their_field,
+    a_run_budget_minted_from_a_grant_caps_its_keys_together,
 );

@@ -172,31 +172,113 @@ impl GrantCredential {
     /// Mints a key with these caveats: no server contact. Whether the caveats fit the grant is
     /// the proxy's to judge when the key is first used.
     pub fn mint(&self, caveats: &KeyCaveats) -> String {
-        // Serializing a plain struct of strings and integers cannot fail.
-        let block = serde_json::to_vec(caveats).unwrap_or_default();
+        let block = block_of(caveats);
         let tag = chain_tag(&self.id, &self.secret, &[&block]);
-        let mut token = String::with_capacity(MINTED_PREFIX.len() + block.len() * 4 / 3 + 60);
-        token.push_str(MINTED_PREFIX);
-        URL_SAFE_NO_PAD.encode_string(&block, &mut token);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(tag, &mut token);
-        token.push_str(&checksum(&token));
-        token
+        minted_token(&[&block], &tag)
     }
+
+    /// Opens a run budget under this grant: a credential of its own, derived with no server
+    /// contact, from which the run's keys are minted. The proxy records the run at its first
+    /// key's first use and holds the run's cap across all its keys (and the grant's, as ever).
+    pub fn open_run(&self, run: &RunCaveats) -> RunCredential {
+        let block = block_of(run);
+        let tag = chain_tag(&self.id, &self.secret, &[&block]);
+        RunCredential {
+            grant_id: self.id.clone(),
+            run: run.clone(),
+            block,
+            tag,
+        }
+    }
+}
+
+/// A run budget's credential: the grant's chain extended by the run's caveats. Its tag is a
+/// secret (it mints the run's keys) and never shows in `Debug`.
+#[derive(Clone)]
+pub struct RunCredential {
+    grant_id: String,
+    run: RunCaveats,
+    block: Vec<u8>,
+    tag: [u8; 32],
+}
+
+impl std::fmt::Debug for RunCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunCredential")
+            .field("grant_id", &self.grant_id)
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunCredential {
+    /// The grant the run is under.
+    pub fn grant_id(&self) -> &str {
+        &self.grant_id
+    }
+
+    /// The run's caveats.
+    pub fn run(&self) -> &RunCaveats {
+        &self.run
+    }
+
+    /// Mints a key of the run (`caveats.grant_id` is the grant's id, as for any minted key).
+    pub fn mint(&self, caveats: &KeyCaveats) -> String {
+        let block = block_of(caveats);
+        let tag = chain_tag_from(self.tag, &[&block]);
+        minted_token(&[&self.block, &block], &tag)
+    }
+}
+
+/// Caveats as the bytes a chain signs. Serializing a plain struct of strings and integers
+/// cannot fail.
+fn block_of(caveats: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(caveats).unwrap_or_default()
+}
+
+/// `vkm_` + each block (base64url) and a `.` after it + the tag + the checksum.
+fn minted_token(blocks: &[&[u8]], tag: &[u8; 32]) -> String {
+    let size: usize = blocks.iter().map(|b| b.len() * 4 / 3 + 2).sum();
+    let mut token = String::with_capacity(MINTED_PREFIX.len() + size + 60);
+    token.push_str(MINTED_PREFIX);
+    for block in blocks {
+        URL_SAFE_NO_PAD.encode_string(block, &mut token);
+        token.push('.');
+    }
+    URL_SAFE_NO_PAD.encode_string(tag, &mut token);
+    token.push_str(&checksum(&token));
+    token
 }
 
 /// `HMAC(secret, grant id)`, then each block folded in: `HMAC(previous tag, block)`.
 fn chain_tag(grant_id: &str, secret: &str, blocks: &[&[u8]]) -> [u8; 32] {
-    let hmac = |key: &[u8], message: &[u8]| -> [u8; 32] {
-        // HMAC takes a key of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
-        mac.update(message);
-        mac.finalize().into_bytes().into()
-    };
-    blocks.iter().fold(
-        hmac(secret.as_bytes(), grant_id.as_bytes()),
-        |tag, block| hmac(&tag, block),
-    )
+    chain_tag_from(hmac(secret.as_bytes(), grant_id.as_bytes()), blocks)
+}
+
+/// Each block folded into `tag`.
+fn chain_tag_from(tag: [u8; 32], blocks: &[&[u8]]) -> [u8; 32] {
+    blocks.iter().fold(tag, |tag, block| hmac(&tag, block))
+}
+
+fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    // HMAC takes a key of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+/// A run budget under a grant: the caveats of the block between the grant and a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCaveats {
+    /// The run's id, public as a grant's (`grt_…`), chosen at random by the minter.
+    pub run_id: String,
+    /// Every key of the run has a label starting with this; it starts with the grant's prefix.
+    pub label_prefix: String,
+    /// The daily cap of all the run's keys together, in micro-dollars; at most the grant's.
+    pub daily_cap_micros: u64,
+    /// When the run ends (Unix seconds); not after the grant's own expiry.
+    pub expires_at: i64,
 }
 
 /// What a minted key may do: the terms the proxy checks against its grant.
@@ -227,8 +309,9 @@ pub struct KeyCaveats {
 /// A minted key as presented: its caveats, and the tag that proves who minted them.
 #[derive(Debug, Clone)]
 pub struct MintedToken {
+    run: Option<RunCaveats>,
     caveats: KeyCaveats,
-    block: Vec<u8>,
+    blocks: Vec<Vec<u8>>,
     tag: [u8; 32],
 }
 
@@ -244,22 +327,38 @@ impl MintedToken {
             });
         }
         let body = &token[MINTED_PREFIX.len()..token.len() - CHECKSUM_LEN];
-        let (block, tag) = body.split_once('.').ok_or(TokenError::Malformed(WHAT))?;
-        let block = URL_SAFE_NO_PAD
-            .decode(block)
-            .map_err(|_| TokenError::Malformed(WHAT))?;
+        let (blocks, tag) = body.rsplit_once('.').ok_or(TokenError::Malformed(WHAT))?;
         let tag: [u8; 32] = URL_SAFE_NO_PAD
             .decode(tag)
             .ok()
             .and_then(|tag| tag.try_into().ok())
             .ok_or(TokenError::Malformed(WHAT))?;
-        let caveats =
-            serde_json::from_slice(&block).map_err(|e| TokenError::Caveats(e.to_string()))?;
+        let blocks = blocks
+            .split('.')
+            .map(|block| URL_SAFE_NO_PAD.decode(block))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| TokenError::Malformed(WHAT))?;
+        let caveats_error = |e: serde_json::Error| TokenError::Caveats(e.to_string());
+        // A key's caveats, under at most one run's.
+        let (run, caveats) = match &blocks[..] {
+            [key] => (None, serde_json::from_slice(key).map_err(caveats_error)?),
+            [run, key] => (
+                Some(serde_json::from_slice(run).map_err(caveats_error)?),
+                serde_json::from_slice(key).map_err(caveats_error)?,
+            ),
+            _ => return Err(TokenError::Malformed(WHAT)),
+        };
         Ok(MintedToken {
+            run,
             caveats,
-            block,
+            blocks,
             tag,
         })
+    }
+
+    /// The run it was minted under, if any.
+    pub fn run(&self) -> Option<&RunCaveats> {
+        self.run.as_ref()
     }
 
     /// Its caveats.
@@ -269,7 +368,8 @@ impl MintedToken {
 
     /// Whether the grant with this secret minted it, exactly as it reads (constant time).
     pub fn is_signed_by(&self, grant_secret: &str) -> bool {
-        let expected = chain_tag(&self.caveats.grant_id, grant_secret, &[&self.block]);
+        let blocks: Vec<&[u8]> = self.blocks.iter().map(Vec::as_slice).collect();
+        let expected = chain_tag(&self.caveats.grant_id, grant_secret, &blocks);
         expected.ct_eq(&self.tag).into()
     }
 }
@@ -281,11 +381,12 @@ fn looks_minted(candidate: &str) -> bool {
         && candidate[MINTED_PREFIX.len()..]
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && candidate[MINTED_PREFIX.len()..]
-            .bytes()
-            .filter(|b| *b == b'.')
-            .count()
-            == 1
+        && (1..=2).contains(
+            &candidate[MINTED_PREFIX.len()..]
+                .bytes()
+                .filter(|b| *b == b'.')
+                .count(),
+        )
         && candidate
             .rsplit_once('.')
             .is_some_and(|(_, tail)| tail.len() == TAG_LEN + CHECKSUM_LEN)
@@ -366,6 +467,40 @@ mod tests {
         let mut typo = token.clone().into_bytes();
         typo[10] ^= 1;
         assert!(MintedToken::parse(&String::from_utf8(typo).unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_run_extends_the_chain_and_only_its_own_keys_verify() {
+        let run = RunCaveats {
+            run_id: "grt_RRRRRRRRRRRRRRRRRRRRRR".to_owned(),
+            label_prefix: "run-1/".to_owned(),
+            daily_cap_micros: 5_000_000,
+            expires_at: 1_200,
+        };
+        let credential = grant().open_run(&run);
+        let token = credential.mint(&caveats());
+        assert!(is_minted_token(&token));
+        let minted = MintedToken::parse(&token).unwrap();
+        assert_eq!(minted.run(), Some(&run));
+        assert!(minted.is_signed_by(grant().secret()));
+        let resign = |body: String| {
+            let mut token = format!("{MINTED_PREFIX}{body}");
+            token.push_str(&checksum(&token));
+            MintedToken::parse(&token).unwrap()
+        };
+        let inner = &token[MINTED_PREFIX.len()..token.len() - CHECKSUM_LEN];
+        let (_, key_and_tag) = inner.split_once('.').unwrap();
+        // The run's block edited (a larger cap): the chain no longer verifies.
+        let mut richer = run.clone();
+        richer.daily_cap_micros = 5_000_000_000;
+        let edited = resign(format!(
+            "{}.{key_and_tag}",
+            URL_SAFE_NO_PAD.encode(block_of(&richer))
+        ));
+        assert!(!edited.is_signed_by(grant().secret()));
+        // The run's key without its run block: not signed by the grant either.
+        assert!(!resign(key_and_tag.to_owned()).is_signed_by(grant().secret()));
+        assert!(!format!("{credential:?}").contains(grant().secret()));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ErrorBody, ErrorCode, ERROR_HEADER};
 pub use grant::{
     checksum, is_grant_token, is_minted_token, GrantCredential, KeyCaveats, MintedToken,
-    TokenError, GRANT_ID_PREFIX, GRANT_TOKEN_LEN, MAX_MINTED_TOKEN_LEN,
+    RunCaveats, RunCredential, TokenError, GRANT_ID_PREFIX, GRANT_TOKEN_LEN, MAX_MINTED_TOKEN_LEN,
 };
 pub use keys::{
     CreateKeyRequest, Event, EventPage, GrantTerms, GrantView, IssuedGrant, IssuedKey, KeyPage,

@@ -2,7 +2,8 @@
 CREATE TABLE grants (
     seq                BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id                 TEXT   NOT NULL UNIQUE,
-    secret             TEXT   NOT NULL,
+    secret             TEXT,
+    parent_id          TEXT   REFERENCES grants (id),
     label_prefix       TEXT   NOT NULL,
     vendor             TEXT   NOT NULL,
     max_key_cap_micros BIGINT NOT NULL CHECK (max_key_cap_micros > 0),

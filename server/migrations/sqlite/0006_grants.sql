@@ -1,9 +1,12 @@
 -- Grants: credentials from which a backend mints keys in-process (see wire/src/grant.rs). The
--- secret is kept as it is, not hashed: it is the HMAC key every minted key is checked with.
+-- secret is kept as it is, not hashed: it is the HMAC key every minted key is checked with. A
+-- run budget minted under a grant is recorded here too, at its first key's first use, with the
+-- grant as its parent and no secret of its own.
 CREATE TABLE grants (
     seq                INTEGER PRIMARY KEY AUTOINCREMENT,
     id                 TEXT    NOT NULL UNIQUE,
-    secret             TEXT    NOT NULL,
+    secret             TEXT,             -- NULL for a run: its keys are checked with its grant's
+    parent_id          TEXT    REFERENCES grants (id), -- a run's grant
     label_prefix       TEXT    NOT NULL,
     vendor             TEXT    NOT NULL,
     max_key_cap_micros INTEGER NOT NULL CHECK (max_key_cap_micros > 0),

@@ -98,9 +98,10 @@ impl KeyCache {
         KeyCache::forget_where(cache, |key| key.label.starts_with(prefix));
     }
 
-    /// Forgets the keys minted from a grant, likewise.
-    fn forget_grant(cache: &RwLock<KeyCache>, grant_id: &str) {
-        KeyCache::forget_where(cache, |key| key.grant_id.as_deref() == Some(grant_id));
+    /// Forgets every minted key, likewise: a grant's revocation reaches its runs' keys too, and
+    /// the cache does not know which grant a run belongs to (revoking a grant is rare).
+    fn forget_minted(cache: &RwLock<KeyCache>) {
+        KeyCache::forget_where(cache, |key| key.grant_id.is_some());
     }
 
     fn forget_where(cache: &RwLock<KeyCache>, forget: impl Fn(&KeyRecord) -> bool) {
@@ -414,14 +415,20 @@ impl Store for CachedStore {
         );
         detached(async move {
             let revoked = inner.revoke_grant(&id, at).await;
-            KeyCache::forget_grant(&cache, &id);
+            KeyCache::forget_minted(&cache);
             revoked
         })
         .await
     }
 
-    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError> {
-        within_deadline(self.inner.record_minted_key(key, day)).await
+    async fn record_minted_key(
+        &self,
+        key: &KeyRecord,
+        run: Option<&GrantRecord>,
+        grant_id: &str,
+        day: Date,
+    ) -> Result<MintedKey, StoreError> {
+        within_deadline(self.inner.record_minted_key(key, run, grant_id, day)).await
     }
 
     async fn revoke_minted(

@@ -298,8 +298,11 @@ pub struct DeniedCall {
 pub struct GrantRecord {
     /// Public id (`grt_…`).
     pub id: String,
-    /// The HMAC key minted keys are checked with (kept as it is: a hash could not check them).
-    pub secret: secrecy::SecretString,
+    /// The HMAC key minted keys are checked with (kept as it is: a hash could not check them);
+    /// `None` for a run, whose keys are checked with its grant's.
+    pub secret: Option<secrecy::SecretString>,
+    /// A run's grant; `None` for a grant.
+    pub parent_id: Option<String>,
     /// Every minted key's label starts with this.
     pub label_prefix: String,
     /// The one vendor its keys are for.
@@ -339,7 +342,7 @@ pub enum MintedKey {
     Recorded(Box<(KeyRecord, DaySpend)>),
     /// Its grant is revoked, or its holder revoked this key before it was first used.
     Revoked,
-    /// Its id belongs to another key.
+    /// Its id belongs to another key, or its run's id to a run with other terms.
     IdTaken,
 }
 
@@ -513,14 +516,21 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         day: Date,
     ) -> Result<Option<(GrantRecord, DaySpend)>, StoreError>;
-    /// Revokes a grant and every key recorded from it; `None` when there is no such grant, else
-    /// how many keys were revoked now.
+    /// Revokes a grant (or a run), its runs and every key recorded from any of them; `None` when
+    /// there is no such grant, else how many keys were revoked now.
     async fn revoke_grant(&self, id: &str, at: OffsetDateTime) -> Result<Option<u64>, StoreError>;
-    /// Records a minted key the first time it is presented, unless its grant is revoked or its
-    /// holder revoked it first (a tombstone), atomically with both checks.
-    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError>;
-    /// Revokes minted keys of a grant by id, seen or not: those recorded now, the others when
-    /// they are first presented (their tombstones are kept until `until`, when they would have
+    /// Records a minted key the first time it is presented (and its run, when it has one and the
+    /// run is new), unless its grant or run is revoked or its holder revoked it first (a
+    /// tombstone under `grant_id`, the grant it was minted from), atomically with the checks.
+    async fn record_minted_key(
+        &self,
+        key: &KeyRecord,
+        run: Option<&GrantRecord>,
+        grant_id: &str,
+        day: Date,
+    ) -> Result<MintedKey, StoreError>;
+    /// Revokes minted keys of a grant (or of its runs) by id, seen or not: those recorded now,
+    /// the others when they are first presented (their tombstones are kept until `until`, when they would have
     /// expired anyway). Returns how many recorded keys were revoked now.
     async fn revoke_minted(
         &self,

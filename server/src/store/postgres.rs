@@ -537,9 +537,10 @@ impl Store for PostgresStore {
              moved AS (UPDATE spend SET reserved_micros = spend.reserved_micros - per_day.reserved, \
                spent_micros = spend.spent_micros + per_day.reserved FROM per_day \
                WHERE spend.key_id = per_day.key_id AND spend.day = per_day.day RETURNING 1), \
-             per_grant AS (SELECT k.grant_id, per_day.day, SUM(per_day.reserved) AS reserved \
-               FROM per_day JOIN keys k ON k.id = per_day.key_id WHERE k.grant_id IS NOT NULL \
-               GROUP BY k.grant_id, per_day.day), \
+             per_grant AS (SELECT g.id AS grant_id, per_day.day, SUM(per_day.reserved) AS reserved \
+               FROM per_day JOIN keys k ON k.id = per_day.key_id JOIN grants g ON g.id = k.grant_id \
+               OR g.id = (SELECT parent_id FROM grants WHERE id = k.grant_id) \
+               GROUP BY g.id, per_day.day), \
              moved_in_grants AS (UPDATE grant_spend \
                SET reserved_micros = grant_spend.reserved_micros - per_grant.reserved, \
                spent_micros = grant_spend.spent_micros + per_grant.reserved FROM per_grant \
@@ -615,27 +616,7 @@ impl Store for PostgresStore {
     }
 
     async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
-        let (endpoints, methods) =
-            encode_policy(&grant.allowed_endpoints, grant.allowed_methods.as_deref())?;
-        sqlx::query(
-            "INSERT INTO grants (id, secret, label_prefix, vendor, max_key_cap_micros, \
-             daily_cap_micros, allowed_endpoints, allowed_methods, max_key_ttl_ms, created_ms, \
-             expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&grant.id)
-        .bind(grant.secret.expose_secret())
-        .bind(&grant.label_prefix)
-        .bind(&grant.vendor)
-        .bind(micros(grant.max_key_cap))
-        .bind(micros(grant.daily_cap))
-        .bind(endpoints)
-        .bind(methods)
-        .bind(i64::try_from(grant.max_key_ttl.whole_milliseconds()).unwrap_or(i64::MAX))
-        .bind(to_ms(grant.created_at))
-        .bind(to_ms(grant.expires_at))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_grant_row(&self.pool, grant, false).await
     }
 
     async fn grant(
@@ -656,17 +637,19 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         // The grant's row lock orders this against a minted key being recorded (which holds it
         // shared): that key is either seen here, or sees the grant revoked.
-        let found =
-            sqlx::query("UPDATE grants SET revoked_ms = COALESCE(revoked_ms, $1) WHERE id = $2")
-                .bind(to_ms(at))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        let found = sqlx::query(
+            "UPDATE grants SET revoked_ms = COALESCE(revoked_ms, $1) WHERE id = $2 OR parent_id = $2",
+        )
+        .bind(to_ms(at))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if found.rows_affected() == 0 {
             return Ok(None);
         }
         let revoked = sqlx::query(
-            "UPDATE keys SET revoked_ms = $1 WHERE grant_id = $2 AND revoked_ms IS NULL",
+            "UPDATE keys SET revoked_ms = $1 WHERE revoked_ms IS NULL AND grant_id IN \
+             (SELECT id FROM grants WHERE id = $2 OR parent_id = $2)",
         )
         .bind(to_ms(at))
         .bind(id)
@@ -676,23 +659,49 @@ impl Store for PostgresStore {
         Ok(Some(revoked.rows_affected()))
     }
 
-    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError> {
+    async fn record_minted_key(
+        &self,
+        key: &KeyRecord,
+        run: Option<&GrantRecord>,
+        grant_id: &str,
+        day: Date,
+    ) -> Result<MintedKey, StoreError> {
         let (endpoints, methods) = encoded_policy(key)?;
         let mut tx = self.pool.begin().await?;
         let grant_live: Option<bool> =
             sqlx::query_scalar("SELECT revoked_ms IS NULL FROM grants WHERE id = $1 FOR SHARE")
-                .bind(&key.grant_id)
+                .bind(grant_id)
                 .fetch_optional(&mut *tx)
                 .await?;
         let tombstoned: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM tombstones WHERE key_id = $1 AND grant_id = $2)",
         )
         .bind(&key.id)
-        .bind(&key.grant_id)
+        .bind(grant_id)
         .fetch_one(&mut *tx)
         .await?;
         if grant_live != Some(true) || tombstoned {
             return Ok(MintedKey::Revoked);
+        }
+        if let Some(run) = run {
+            // Recorded at its first key's first use; later keys find it as it was.
+            insert_grant_row(&mut *tx, run, true).await?;
+            let recorded: Option<(Option<i64>, bool)> = sqlx::query_as(
+                "SELECT revoked_ms, parent_id IS NOT DISTINCT FROM $2 AND label_prefix = $3 \
+                 AND daily_cap_micros = $4 AND expires_ms = $5 FROM grants WHERE id = $1 FOR SHARE",
+            )
+            .bind(&run.id)
+            .bind(&run.parent_id)
+            .bind(&run.label_prefix)
+            .bind(micros(run.daily_cap))
+            .bind(to_ms(run.expires_at))
+            .fetch_optional(&mut *tx)
+            .await?;
+            match recorded {
+                Some((None, true)) => {}
+                Some((Some(_), _)) => return Ok(MintedKey::Revoked),
+                _ => return Ok(MintedKey::IdTaken),
+            }
         }
         // Already recorded (by this token: its hash is unique), or the id is another key's:
         // either way nothing is written, and the read below tells which.
@@ -749,8 +758,8 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         let revoked = sqlx::query(
-            "UPDATE keys SET revoked_ms = $1 WHERE id = ANY($2) AND grant_id = $3 \
-             AND revoked_ms IS NULL",
+            "UPDATE keys SET revoked_ms = $1 WHERE id = ANY($2) AND revoked_ms IS NULL \
+             AND grant_id IN (SELECT id FROM grants WHERE id = $3 OR parent_id = $3)",
         )
         .bind(to_ms(at))
         .bind(ids)
@@ -887,7 +896,7 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
         }
         if let Some(grant_id) = grant_id {
             // Nothing is committed unless the call opens: the key's reservation goes with it.
-            if let Some(exhausted) = reserve_in_grant(conn, &grant_id, &day, reserve).await? {
+            if let Some(exhausted) = reserve_in_grants(conn, &grant_id, &day, reserve).await? {
                 return Ok(exhausted);
             }
         }
@@ -914,52 +923,97 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
     })
 }
 
-/// Reserves `amount` against the daily cap of all the grant's keys together (the grant's day
-/// row is locked by the upsert until the transaction ends); the refusal if it does not fit.
-async fn reserve_in_grant(
+/// Inserts a grant's row (doing nothing when its id exists, if `or_ignore`).
+async fn insert_grant_row<'c>(
+    conn: impl sqlx::Executor<'c, Database = Postgres>,
+    grant: &GrantRecord,
+    or_ignore: bool,
+) -> Result<(), StoreError> {
+    macro_rules! insert {
+        () => {
+            "INSERT INTO grants (id, secret, parent_id, label_prefix, vendor, max_key_cap_micros, \
+             daily_cap_micros, allowed_endpoints, allowed_methods, max_key_ttl_ms, created_ms, \
+             expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        };
+    }
+    let sql = if or_ignore {
+        concat!(insert!(), " ON CONFLICT (id) DO NOTHING")
+    } else {
+        insert!()
+    };
+    let (endpoints, methods) =
+        encode_policy(&grant.allowed_endpoints, grant.allowed_methods.as_deref())?;
+    sqlx::query(sql)
+        .bind(&grant.id)
+        .bind(grant.secret.as_ref().map(|s| s.expose_secret()))
+        .bind(&grant.parent_id)
+        .bind(&grant.label_prefix)
+        .bind(&grant.vendor)
+        .bind(micros(grant.max_key_cap))
+        .bind(micros(grant.daily_cap))
+        .bind(endpoints)
+        .bind(methods)
+        .bind(i64::try_from(grant.max_key_ttl.whole_milliseconds()).unwrap_or(i64::MAX))
+        .bind(to_ms(grant.created_at))
+        .bind(to_ms(grant.expires_at))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Reserves `amount` against the daily cap of all the keys of the key's grant (or run) together,
+/// and of the run's grant (each day row is locked by its upsert until the transaction ends); the
+/// refusal if it does not fit somewhere.
+async fn reserve_in_grants(
     conn: &mut PgConnection,
-    grant_id: &str,
+    first: &str,
     day: &str,
     amount: Usd,
 ) -> Result<Option<OpenedCall>, StoreError> {
-    let cap: i64 = sqlx::query_scalar("SELECT daily_cap_micros FROM grants WHERE id = $1")
-        .bind(grant_id)
-        .fetch_one(&mut *conn)
+    let mut next = Some(first.to_owned());
+    while let Some(grant_id) = next {
+        let (cap, parent): (i64, Option<String>) =
+            sqlx::query_as("SELECT daily_cap_micros, parent_id FROM grants WHERE id = $1")
+                .bind(&grant_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        let reserved = sqlx::query(
+            "INSERT INTO grant_spend (grant_id, day, reserved_micros) SELECT $2, $3, $1 \
+             WHERE $1 <= $4 ON CONFLICT (grant_id, day) DO UPDATE \
+             SET reserved_micros = grant_spend.reserved_micros + EXCLUDED.reserved_micros \
+             WHERE grant_spend.spent_micros + grant_spend.reserved_micros \
+             + EXCLUDED.reserved_micros <= $4",
+        )
+        .bind(micros(amount))
+        .bind(&grant_id)
+        .bind(day)
+        .bind(cap)
+        .execute(&mut *conn)
         .await?;
-    let reserved = sqlx::query(
-        "INSERT INTO grant_spend (grant_id, day, reserved_micros) SELECT $2, $3, $1 \
-         WHERE $1 <= $4 ON CONFLICT (grant_id, day) DO UPDATE \
-         SET reserved_micros = grant_spend.reserved_micros + EXCLUDED.reserved_micros \
-         WHERE grant_spend.spent_micros + grant_spend.reserved_micros \
-         + EXCLUDED.reserved_micros <= $4",
-    )
-    .bind(micros(amount))
-    .bind(grant_id)
-    .bind(day)
-    .bind(cap)
-    .execute(&mut *conn)
-    .await?;
-    if reserved.rows_affected() > 0 {
-        return Ok(None);
+        if reserved.rows_affected() == 0 {
+            let spend: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT spent_micros, reserved_micros FROM grant_spend \
+                 WHERE grant_id = $1 AND day = $2",
+            )
+            .bind(&grant_id)
+            .bind(day)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let spend = spend
+                .map(|(spent, reserved)| DaySpend {
+                    spent: usd(spent),
+                    reserved: usd(reserved),
+                })
+                .unwrap_or_default();
+            return Ok(Some(OpenedCall::CapExhausted {
+                cap: usd(cap),
+                spend,
+                grant: Some(grant_id),
+            }));
+        }
+        next = parent;
     }
-    let spend: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT spent_micros, reserved_micros FROM grant_spend WHERE grant_id = $1 AND day = $2",
-    )
-    .bind(grant_id)
-    .bind(day)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let spend = spend
-        .map(|(spent, reserved)| DaySpend {
-            spent: usd(spent),
-            reserved: usd(reserved),
-        })
-        .unwrap_or_default();
-    Ok(Some(OpenedCall::CapExhausted {
-        cap: usd(cap),
-        spend,
-        grant: Some(grant_id.to_owned()),
-    }))
+    Ok(None)
 }
 
 /// Settles a call (see [`Store::settle_call`]) in the transaction `conn` is in.
@@ -1012,7 +1066,8 @@ async fn settle_call(
         .await?;
         sqlx::query(
             "INSERT INTO grant_spend (grant_id, day, spent_micros) \
-             SELECT grant_id, $2, $4 FROM keys WHERE id = $1 AND grant_id IS NOT NULL \
+             SELECT g.id, $2, $4 FROM keys k JOIN grants g ON g.id = k.grant_id \
+             OR g.id = (SELECT parent_id FROM grants WHERE id = k.grant_id) WHERE k.id = $1 \
              ON CONFLICT (grant_id, day) DO UPDATE \
              SET reserved_micros = grant_spend.reserved_micros - $3, \
              spent_micros = grant_spend.spent_micros + $4",

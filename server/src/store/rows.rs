@@ -128,7 +128,7 @@ fn decode_methods(methods: Option<String>) -> Result<Option<Vec<http::Method>>, 
 /// `concat!`, as above.
 macro_rules! grant_with_spend_on_day {
     () => {
-        "SELECT g.id, g.secret, g.label_prefix, g.vendor, g.max_key_cap_micros, \
+        "SELECT g.id, g.secret, g.parent_id, g.label_prefix, g.vendor, g.max_key_cap_micros, \
          g.daily_cap_micros, g.allowed_endpoints, g.allowed_methods, g.max_key_ttl_ms, \
          g.created_ms, g.expires_ms, g.revoked_ms, \
          COALESCE(s.spent_micros, 0) AS spent_micros, \
@@ -142,7 +142,8 @@ pub(super) use grant_with_spend_on_day;
 #[derive(sqlx::FromRow)]
 pub(super) struct GrantRow {
     id: String,
-    secret: String,
+    secret: Option<String>,
+    parent_id: Option<String>,
     label_prefix: String,
     vendor: String,
     max_key_cap_micros: i64,
@@ -161,7 +162,8 @@ impl GrantRow {
     pub(super) fn decode(self) -> Result<(GrantRecord, DaySpend), StoreError> {
         let grant = GrantRecord {
             id: self.id,
-            secret: self.secret.into(),
+            secret: self.secret.map(Into::into),
+            parent_id: self.parent_id,
             label_prefix: self.label_prefix,
             vendor: self.vendor,
             max_key_cap: usd(self.max_key_cap_micros),

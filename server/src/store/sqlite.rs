@@ -586,7 +586,7 @@ impl Store for SqliteStore {
                     "UPDATE spend SET reserved_micros = reserved_micros - ?3, \
                      spent_micros = spent_micros + ?3 WHERE key_id = ?1 AND day = ?2",
                 )?;
-                let mut move_in_grant = conn.prepare_cached(SETTLE_IN_GRANT)?;
+                let mut move_in_grant = conn.prepare_cached(SETTLE_IN_GRANTS)?;
                 for (key_id, day, reserved) in &settled {
                     if *reserved != 0 {
                         move_to_spent.execute(params![key_id, day, reserved])?;
@@ -668,29 +668,10 @@ impl Store for SqliteStore {
     }
 
     async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
-        let (endpoints, methods) =
-            encode_policy(&grant.allowed_endpoints, grant.allowed_methods.as_deref())?;
-        let grant = grant.clone();
+        let row = GrantColumns::of(grant)?;
         self.group
             .write(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO grants (id, secret, label_prefix, vendor, max_key_cap_micros, \
-                     daily_cap_micros, allowed_endpoints, allowed_methods, max_key_ttl_ms, \
-                     created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    grant.id,
-                    grant.secret.expose_secret(),
-                    grant.label_prefix,
-                    grant.vendor,
-                    micros(grant.max_key_cap),
-                    micros(grant.daily_cap),
-                    endpoints,
-                    methods,
-                    i64::try_from(grant.max_key_ttl.whole_milliseconds()).unwrap_or(i64::MAX),
-                    to_ms(grant.created_at),
-                    to_ms(grant.expires_at),
-                ])?;
+                insert_grant_row(conn, &row, false)?;
                 Ok(())
             })
             .await
@@ -716,7 +697,8 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 let found = conn
                     .prepare_cached(
-                        "UPDATE grants SET revoked_ms = COALESCE(revoked_ms, ?1) WHERE id = ?2",
+                        "UPDATE grants SET revoked_ms = COALESCE(revoked_ms, ?1) \
+                         WHERE id = ?2 OR parent_id = ?2",
                     )?
                     .execute(params![to_ms(at), id])?;
                 if found == 0 {
@@ -724,7 +706,8 @@ impl Store for SqliteStore {
                 }
                 let revoked = conn
                     .prepare_cached(
-                        "UPDATE keys SET revoked_ms = ?1 WHERE grant_id = ?2 AND revoked_ms IS NULL",
+                        "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL AND grant_id IN \
+                         (SELECT id FROM grants WHERE id = ?2 OR parent_id = ?2)",
                     )?
                     .execute(params![to_ms(at), id])?;
                 Ok(Some(u64::try_from(revoked).unwrap_or(u64::MAX)))
@@ -732,21 +715,46 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn record_minted_key(&self, key: &KeyRecord, day: Date) -> Result<MintedKey, StoreError> {
+    async fn record_minted_key(
+        &self,
+        key: &KeyRecord,
+        run: Option<&GrantRecord>,
+        grant_id: &str,
+        day: Date,
+    ) -> Result<MintedKey, StoreError> {
         let (endpoints, methods) = encoded_policy(key)?;
-        let minted = key.clone();
+        let run = run.map(GrantColumns::of).transpose()?;
+        let (minted, grant_id) = (key.clone(), grant_id.to_owned());
         let recorded = self
             .group
             .write(move |conn| {
-                let grant_id = minted.grant_id.as_deref();
                 let grant_live = conn
                     .prepare_cached("SELECT 1 FROM grants WHERE id = ? AND revoked_ms IS NULL")?
-                    .exists([grant_id])?;
+                    .exists([&grant_id])?;
                 let tombstoned = conn
                     .prepare_cached("SELECT 1 FROM tombstones WHERE key_id = ? AND grant_id = ?")?
                     .exists(params![minted.id, grant_id])?;
                 if !grant_live || tombstoned {
-                    return Ok(false);
+                    return Ok(Some(MintedKey::Revoked));
+                }
+                if let Some(run) = &run {
+                    // Recorded at its first key's first use; later keys find it as it was.
+                    insert_grant_row(conn, run, true)?;
+                    let recorded: Option<(Option<i64>, bool)> = conn
+                        .prepare_cached(
+                            "SELECT revoked_ms, parent_id IS ?2 AND label_prefix = ?3 \
+                             AND daily_cap_micros = ?4 AND expires_ms = ?5 FROM grants WHERE id = ?1",
+                        )?
+                        .query_row(
+                            params![run.id, run.parent_id, run.label_prefix, run.daily_cap, run.expires_ms],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .optional()?;
+                    match recorded {
+                        Some((None, true)) => {}
+                        Some((Some(_), _)) => return Ok(Some(MintedKey::Revoked)),
+                        _ => return Ok(Some(MintedKey::IdTaken)),
+                    }
                 }
                 // Already recorded (by this token: its hash is unique), or the id is another
                 // key's: either way nothing is written, and the read below tells which.
@@ -765,13 +773,13 @@ impl Store for SqliteStore {
                     methods,
                     to_ms(minted.created_at),
                     to_ms(minted.expires_at),
-                    grant_id,
+                    minted.grant_id,
                 ])?;
-                Ok(true)
+                Ok(None)
             })
             .await?;
-        if !recorded {
-            return Ok(MintedKey::Revoked);
+        if let Some(refused) = recorded {
+            return Ok(refused);
         }
         Ok(match self.key_by_token(&key.token_hash, day).await? {
             Some(found) => MintedKey::Recorded(Box::new(found)),
@@ -797,8 +805,8 @@ impl Store for SqliteStore {
                      ON CONFLICT (key_id, grant_id) DO UPDATE SET until_ms = max(until_ms, ?3)",
                 )?;
                 let mut revoke = conn.prepare_cached(
-                    "UPDATE keys SET revoked_ms = ?1 WHERE id = ?2 AND grant_id = ?3 \
-                     AND revoked_ms IS NULL",
+                    "UPDATE keys SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL \
+                     AND grant_id IN (SELECT id FROM grants WHERE id = ?3 OR parent_id = ?3)",
                 )?;
                 let mut revoked = 0;
                 for id in &ids {
@@ -942,7 +950,7 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
             });
         }
         if let Some(grant_id) = grant_id {
-            if let Some(exhausted) = reserve_in_grant(conn, &grant_id, &day, reserve)? {
+            if let Some(exhausted) = reserve_in_grants(conn, &grant_id, &day, reserve)? {
                 // The key's reservation above must not stay: this write commits.
                 conn.prepare_cached(
                     "UPDATE spend SET reserved_micros = reserved_micros - ?1 \
@@ -982,51 +990,141 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
     })
 }
 
-/// Reserves `amount` against the daily cap of all the grant's keys together; the refusal if it
-/// does not fit.
-fn reserve_in_grant(
+/// A grant's columns as the writer inserts them (a grant, or a run at its first key's use).
+struct GrantColumns {
+    id: String,
+    secret: Option<String>,
+    parent_id: Option<String>,
+    label_prefix: String,
+    vendor: String,
+    max_key_cap: i64,
+    daily_cap: i64,
+    endpoints: String,
+    methods: Option<String>,
+    max_key_ttl_ms: i64,
+    created_ms: i64,
+    expires_ms: i64,
+}
+
+impl GrantColumns {
+    fn of(grant: &GrantRecord) -> Result<GrantColumns, StoreError> {
+        let (endpoints, methods) =
+            encode_policy(&grant.allowed_endpoints, grant.allowed_methods.as_deref())?;
+        Ok(GrantColumns {
+            id: grant.id.clone(),
+            secret: grant.secret.as_ref().map(|s| s.expose_secret().to_owned()),
+            parent_id: grant.parent_id.clone(),
+            label_prefix: grant.label_prefix.clone(),
+            vendor: grant.vendor.clone(),
+            max_key_cap: micros(grant.max_key_cap),
+            daily_cap: micros(grant.daily_cap),
+            endpoints,
+            methods,
+            max_key_ttl_ms: i64::try_from(grant.max_key_ttl.whole_milliseconds())
+                .unwrap_or(i64::MAX),
+            created_ms: to_ms(grant.created_at),
+            expires_ms: to_ms(grant.expires_at),
+        })
+    }
+}
+
+/// Inserts a grant's row (doing nothing when its id exists, if `or_ignore`).
+fn insert_grant_row(
     conn: &rusqlite::Connection,
-    grant_id: &str,
+    grant: &GrantColumns,
+    or_ignore: bool,
+) -> Result<(), StoreError> {
+    macro_rules! insert {
+        () => {
+            "INSERT INTO grants (id, secret, parent_id, label_prefix, vendor, max_key_cap_micros, \
+             daily_cap_micros, allowed_endpoints, allowed_methods, max_key_ttl_ms, created_ms, \
+             expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        };
+    }
+    let sql = if or_ignore {
+        concat!(insert!(), " ON CONFLICT (id) DO NOTHING")
+    } else {
+        insert!()
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        grant.id,
+        grant.secret,
+        grant.parent_id,
+        grant.label_prefix,
+        grant.vendor,
+        grant.max_key_cap,
+        grant.daily_cap,
+        grant.endpoints,
+        grant.methods,
+        grant.max_key_ttl_ms,
+        grant.created_ms,
+        grant.expires_ms,
+    ])?;
+    Ok(())
+}
+
+/// Reserves `amount` against the daily cap of all the keys of the key's grant (or run) together,
+/// and of the run's grant; the refusal if it does not fit anywhere, with nothing left reserved.
+fn reserve_in_grants(
+    conn: &rusqlite::Connection,
+    first: &str,
     day: &str,
     amount: Usd,
 ) -> Result<Option<OpenedCall>, StoreError> {
-    let cap: i64 = conn
-        .prepare_cached("SELECT daily_cap_micros FROM grants WHERE id = ?")?
-        .query_row([grant_id], |row| row.get(0))?;
-    let reserved = conn
-        .prepare_cached(
-            "INSERT INTO grant_spend (grant_id, day, reserved_micros) SELECT ?2, ?3, ?1 \
-             WHERE ?1 <= ?4 ON CONFLICT (grant_id, day) DO UPDATE \
-             SET reserved_micros = reserved_micros + ?1 \
-             WHERE spent_micros + reserved_micros + ?1 <= ?4",
-        )?
-        .execute(params![micros(amount), grant_id, day, cap])?;
-    if reserved > 0 {
-        return Ok(None);
+    let mut reserved_in: Vec<String> = Vec::new();
+    let mut next = Some(first.to_owned());
+    while let Some(grant_id) = next {
+        let (cap, parent): (i64, Option<String>) = conn
+            .prepare_cached("SELECT daily_cap_micros, parent_id FROM grants WHERE id = ?")?
+            .query_row([&grant_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let reserved = conn
+            .prepare_cached(
+                "INSERT INTO grant_spend (grant_id, day, reserved_micros) SELECT ?2, ?3, ?1 \
+                 WHERE ?1 <= ?4 ON CONFLICT (grant_id, day) DO UPDATE \
+                 SET reserved_micros = reserved_micros + ?1 \
+                 WHERE spent_micros + reserved_micros + ?1 <= ?4",
+            )?
+            .execute(params![micros(amount), grant_id, day, cap])?;
+        if reserved == 0 {
+            // This write commits: what was reserved in the run below must not stay.
+            for earlier in &reserved_in {
+                conn.prepare_cached(
+                    "UPDATE grant_spend SET reserved_micros = reserved_micros - ?1 \
+                     WHERE grant_id = ?2 AND day = ?3",
+                )?
+                .execute(params![micros(amount), earlier, day])?;
+            }
+            let spend = conn
+                .prepare_cached(
+                    "SELECT spent_micros, reserved_micros FROM grant_spend \
+                     WHERE grant_id = ? AND day = ?",
+                )?
+                .query_row(params![grant_id, day], |row| {
+                    Ok(DaySpend {
+                        spent: usd(row.get(0)?),
+                        reserved: usd(row.get(1)?),
+                    })
+                })
+                .optional()?
+                .unwrap_or_default();
+            return Ok(Some(OpenedCall::CapExhausted {
+                cap: usd(cap),
+                spend,
+                grant: Some(grant_id),
+            }));
+        }
+        reserved_in.push(grant_id);
+        next = parent;
     }
-    let spend = conn
-        .prepare_cached(
-            "SELECT spent_micros, reserved_micros FROM grant_spend WHERE grant_id = ? AND day = ?",
-        )?
-        .query_row(params![grant_id, day], |row| {
-            Ok(DaySpend {
-                spent: usd(row.get(0)?),
-                reserved: usd(row.get(1)?),
-            })
-        })
-        .optional()?
-        .unwrap_or_default();
-    Ok(Some(OpenedCall::CapExhausted {
-        cap: usd(cap),
-        spend,
-        grant: Some(grant_id.to_owned()),
-    }))
+    Ok(None)
 }
 
-/// Moves a settled call's amounts in its key's grant's day, if the key has a grant: `reserved`
-/// out of the reservations, `cost` into the spend (see [`settle_call`]).
-const SETTLE_IN_GRANT: &str = "INSERT INTO grant_spend (grant_id, day, spent_micros) \
-     SELECT grant_id, ?2, ?4 FROM keys WHERE id = ?1 AND grant_id IS NOT NULL \
+/// Moves a settled call's amounts in the days of its key's grant (or run) and of the run's
+/// grant, if the key has one: `reserved` out of the reservations, `cost` into the spend (see
+/// [`settle_call`]).
+const SETTLE_IN_GRANTS: &str = "INSERT INTO grant_spend (grant_id, day, spent_micros) \
+     SELECT g.id, ?2, ?4 FROM keys k JOIN grants g ON g.id = k.grant_id \
+     OR g.id = (SELECT parent_id FROM grants WHERE id = k.grant_id) WHERE k.id = ?1 \
      ON CONFLICT (grant_id, day) DO UPDATE SET reserved_micros = reserved_micros - ?3, \
      spent_micros = spent_micros + ?4";
 
@@ -1072,7 +1170,7 @@ fn settle_call(
              spent_micros = spent_micros + ?4",
         )?
         .execute(params![key_id, day, reserved, micros(cost)])?;
-        conn.prepare_cached(SETTLE_IN_GRANT)?.execute(params![
+        conn.prepare_cached(SETTLE_IN_GRANTS)?.execute(params![
             key_id,
             day,
             reserved,
