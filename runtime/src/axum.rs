@@ -26,10 +26,12 @@
 //! ));
 //! ```
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +41,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use tower::{Layer, Service};
 
-use crate::{default_client, scope, Client, Error, KeySpec};
+use crate::{default_client, scope, Client, Error, KeySpec, RunBudget, Usd};
 
 type SpecFn = dyn Fn(&RequestLabels) -> KeySpec + Send + Sync;
 
@@ -79,6 +81,45 @@ pub struct VaultKeyLayer {
     client: Option<Client>,
     fail_open: bool,
     fallbacks: Arc<AtomicU64>,
+    runs: Option<Arc<RunBudgets>>,
+}
+
+/// The run budgets a layer opened, one per agent run (`x-agent-run-id`), while they last.
+#[derive(Debug)]
+struct RunBudgets {
+    cap: Usd,
+    lifetime: Duration,
+    open: std::sync::Mutex<HashMap<String, (RunBudget, Instant)>>,
+}
+
+impl RunBudgets {
+    /// Most runs remembered at once: the one ending first is forgotten first (its keys stay
+    /// capped by the proxy; a later request of that run would open a fresh budget).
+    const MAX_OPEN: usize = 10_000;
+
+    /// The budget of the run labelled `label`, opened at its first request.
+    fn of(&self, client: &Client, label: &str) -> Result<RunBudget, Error> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if let Some((run, until)) = open.get(label) {
+            if *until > now {
+                return Ok(run.clone());
+            }
+        }
+        open.retain(|_, (_, until)| *until > now);
+        if open.len() >= Self::MAX_OPEN {
+            let first_to_end = open
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(label, _)| label.clone());
+            if let Some(label) = first_to_end {
+                open.remove(&label);
+            }
+        }
+        let run = client.open_run(label, self.cap, self.lifetime)?;
+        open.insert(label.to_owned(), (run.clone(), now + self.lifetime));
+        Ok(run)
+    }
 }
 
 impl std::fmt::Debug for VaultKeyLayer {
@@ -110,7 +151,23 @@ impl VaultKeyLayer {
             client: None,
             fail_open: false,
             fallbacks: Arc::default(),
+            runs: None,
         }
+    }
+
+    /// Gives each agent run (a request's `x-agent-run-id`, with its `x-user-id`) one budget of
+    /// `cap` across all its requests' keys, for `lifetime` from its first request: the client
+    /// mints every key of the run under the run (see [`crate::RunBudget`]), so the proxy holds
+    /// the run's cap across them. Needs a client built from a grant; requests without a run id
+    /// get keys as before.
+    #[must_use]
+    pub fn run_budget(mut self, cap: Usd, lifetime: Duration) -> VaultKeyLayer {
+        self.runs = Some(Arc::new(RunBudgets {
+            cap,
+            lifetime,
+            open: std::sync::Mutex::default(),
+        }));
+        self
     }
 
     /// Uses this client instead of the process default.
@@ -179,10 +236,21 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let spec = (layer.spec)(&RequestLabels::from_headers(request.headers()));
+            let labels = RequestLabels::from_headers(request.headers());
+            let spec = (layer.spec)(&labels);
             let client = layer.client.clone().map_or_else(default_client, Ok);
-            // The same issuing path as the attribute's.
-            match crate::__private::issue(client, spec).await {
+            let run = match (&layer.runs, &client, labels.agent_run_id.is_some()) {
+                (Some(runs), Ok(client), true) => Some(runs.of(client, spec.label_str())),
+                _ => None,
+            }
+            .transpose();
+            // The same issuing path as the attribute's, inside the request's run if it has one.
+            let issued = match run {
+                Ok(Some(run)) => run.scope(crate::__private::issue(client, spec)).await,
+                Ok(None) => crate::__private::issue(client, spec).await,
+                Err(error) => Err(error),
+            };
+            match issued {
                 Ok(key) => {
                     request.extensions_mut().insert(Arc::clone(&key));
                     scope(key, inner.call(request)).await

@@ -349,12 +349,20 @@ impl Client {
             .ok_or_else(|| {
                 Error::InvalidSpec(format!("the server serves no vendor `{}`", spec.vendor()))
             })?;
+        // Inside a run of this grant, the key is the run's: labelled under it, minted from it.
+        let run = crate::run::current_run().filter(|run| run.credential().grant_id() == grant.id());
+        let label = match &run {
+            Some(run) if !spec.label_str().starts_with(run.label_prefix()) => {
+                format!("{}{}", run.label_prefix(), spec.label_str())
+            }
+            _ => spec.label_str().to_owned(),
+        };
         let issued_at = OffsetDateTime::now_utc();
         let expires_at = issued_at + spec.lifetime();
         let caveats = KeyCaveats {
             grant_id: grant.id().to_owned(),
             key_id: format!("key_{}", Alphanumeric.sample_string(&mut rand::rng(), 22)),
-            label: spec.label_str().to_owned(),
+            label,
             vendor: spec.vendor().to_owned(),
             daily_cap_micros: spec.cap().micros(),
             allowed_endpoints: spec
@@ -369,7 +377,10 @@ impl Client {
             issued_at: issued_at.unix_timestamp(),
             expires_at: expires_at.unix_timestamp(),
         };
-        let token = grant.mint(&caveats);
+        let token = match &run {
+            Some(run) => run.credential().mint(&caveats),
+            None => grant.mint(&caveats),
+        };
         Ok(VaultKey::minted(self.clone(), caveats, token, placement))
     }
 

@@ -45,6 +45,7 @@ mod context;
 mod error;
 mod key;
 mod revoke;
+mod run;
 mod spec;
 
 #[doc(hidden)]
@@ -58,6 +59,7 @@ pub use context::{current, scope};
 pub use error::{Error, Result};
 pub use key::{ResponseExt, VaultKey};
 pub use revoke::{flush, pending_revocations};
+pub use run::{current_run, RunBudget};
 pub use secrecy::ExposeSecret;
 pub use spec::KeySpec;
 pub use vault_key_wire::{ErrorCode, Usd};

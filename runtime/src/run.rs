@@ -1,0 +1,110 @@
+//! Run budgets: one agent run's cap across all of its tool calls' keys.
+//!
+//! A client configured with a grant opens a run with no server contact ([`Client::open_run`]);
+//! inside [`RunBudget::scope`] (or under a [`crate::axum::VaultKeyLayer`] with
+//! [`run_budget`](crate::axum::VaultKeyLayer::run_budget), one run per `x-agent-run-id`) every
+//! key the client mints is minted under the run, and the proxy holds the run's cap across all of
+//! them, as well as each key's own and the grant's.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::distr::{Alphanumeric, SampleString};
+use time::OffsetDateTime;
+use tokio::task::futures::TaskLocalFuture;
+use vault_key_wire::{RunCaveats, RunCredential, Usd, GRANT_ID_PREFIX};
+
+use crate::client::Credential;
+use crate::{Client, Error};
+
+tokio::task_local! {
+    static CURRENT_RUN: RunBudget;
+}
+
+/// One agent run's budget under the client's grant. Cheap to clone; holds no connection.
+#[derive(Clone, Debug)]
+pub struct RunBudget {
+    credential: Arc<RunCredential>,
+}
+
+impl RunBudget {
+    /// The run's id (`grt_…`): `GET`/`DELETE /v1/grants/{id}` show and stop the run once the
+    /// proxy has seen one of its keys.
+    pub fn id(&self) -> &str {
+        &self.credential.run().run_id
+    }
+
+    /// Every key of the run has a label starting with this.
+    pub fn label_prefix(&self) -> &str {
+        &self.credential.run().label_prefix
+    }
+
+    /// Runs `future` inside the run: every key the client mints meanwhile (the attribute's, the
+    /// Layer's, [`Client::issue`]'s) is minted under it.
+    pub fn scope<F: Future>(&self, future: F) -> TaskLocalFuture<RunBudget, F> {
+        CURRENT_RUN.scope(self.clone(), future)
+    }
+
+    pub(crate) fn credential(&self) -> &RunCredential {
+        &self.credential
+    }
+}
+
+/// The run of the enclosing [`RunBudget::scope`], if any.
+pub fn current_run() -> Option<RunBudget> {
+    CURRENT_RUN.try_with(Clone::clone).ok()
+}
+
+impl Client {
+    /// Opens a run budget under the client's grant, with no server contact: `cap` for all the
+    /// run's keys together each day, keys labelled under `label_prefix` (which must start with
+    /// the grant's), for `lifetime` (within the grant's own). The proxy records the run at its
+    /// first key's first use.
+    ///
+    /// ```no_run
+    /// # async fn run(client: vault_key::Client) -> Result<(), vault_key::Error> {
+    /// use std::time::Duration;
+    /// use vault_key::Usd;
+    ///
+    /// let run = client.open_run("run-42/", Usd::from_dollars(50).unwrap(), Duration::from_secs(3600))?;
+    /// run.scope(async {
+    ///     // every #[vault_key] call in here mints its key under run-42's $50
+    /// })
+    /// .await;
+    /// # Ok(()) }
+    /// ```
+    pub fn open_run(
+        &self,
+        label_prefix: impl Into<String>,
+        cap: Usd,
+        lifetime: Duration,
+    ) -> Result<RunBudget, Error> {
+        let Credential::Grant(grant) = self.credential() else {
+            return Err(Error::NotConfigured(
+                "run budgets are minted from a grant: build the client with \
+                 Client::grant_builder or VAULT_KEY_GRANT"
+                    .to_owned(),
+            ));
+        };
+        let label_prefix = label_prefix.into();
+        if label_prefix.is_empty() || cap.is_zero() || lifetime.is_zero() {
+            return Err(Error::InvalidSpec(
+                "a run needs a label prefix, a cap above zero and a lifetime".to_owned(),
+            ));
+        }
+        let ends = OffsetDateTime::now_utc() + lifetime;
+        let run = RunCaveats {
+            run_id: format!(
+                "{GRANT_ID_PREFIX}{}",
+                Alphanumeric.sample_string(&mut rand::rng(), 22)
+            ),
+            label_prefix,
+            daily_cap_micros: cap.micros(),
+            expires_at: ends.unix_timestamp(),
+        };
+        Ok(RunBudget {
+            credential: Arc::new(grant.open_run(&run)),
+        })
+    }
+}
