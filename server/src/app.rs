@@ -115,7 +115,14 @@ impl App {
 
     /// Revokes every live key whose label `labels` takes; returns how many.
     pub async fn revoke_labels(&self, labels: LabelMatch<'_>) -> Result<u64, StoreError> {
-        let revoked = self.store.revoke_by_label(labels, self.clock.now()).await?;
+        let now = self.clock.now();
+        // Past the longest key lifetime (and a minter's clock skew), no key minted before now
+        // is still live: the revocation need not be remembered longer.
+        let remember_until = now + self.max_key_ttl + std::time::Duration::from_secs(60);
+        let revoked = self
+            .store
+            .revoke_by_label(labels, now, remember_until)
+            .await?;
         match labels {
             LabelMatch::Prefix(prefix) => {
                 self.metrics.keys_revoked("label_prefix", revoked);

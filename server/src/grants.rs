@@ -25,7 +25,9 @@ use vault_key_wire::{
     MintedToken, RevokedCount, RunCaveats, Usd, GRANT_ID_PREFIX,
 };
 
-use crate::api::{bearer, label_text, read_object, Admin, AdminBody, Fields, MAX_ENDPOINTS};
+use crate::api::{
+    bearer, label_text, read_object, revocable_label, Admin, AdminBody, Fields, MAX_ENDPOINTS,
+};
 use crate::app::App;
 use crate::config::standard_method;
 use crate::error::ApiError;
@@ -66,7 +68,7 @@ async fn create_grant(
             "expires_in",
         ],
     )?;
-    let label_prefix = label_text("label_prefix", fields.string("label_prefix")?)?;
+    let label_prefix = revocable_label("label_prefix", fields.string("label_prefix")?)?;
     let (vendor_name, vendor) = fields.vendor(&app)?;
     let max_key_cap = fields.dollars("max_key_usd_cap")?;
     let daily_cap = fields.dollars("daily_usd_cap")?;
@@ -240,11 +242,12 @@ async fn revoke_minted(
     let request = read_object(&body)?;
     let fields = Fields::only(&request, &["ids"])?;
     let ids = fields.key_ids()?;
-    // No key of the grant outlives it: its tombstones need not either.
-    let revoked = app
-        .store
-        .revoke_minted(&grant.id, &ids, grant.expires_at, now)
-        .await?;
+    // Any key minted before now has expired once the longest key lifetime (and the minter's
+    // clock skew) has passed, and none outlives its grant: its tombstone need not either.
+    let until = grant
+        .expires_at
+        .min(now + longest_key_life(&app, &grant) + CLOCK_SKEW);
+    let revoked = app.store.revoke_minted(&grant.id, &ids, until, now).await?;
     app.metrics.keys_revoked("minted", revoked);
     tracing::info!(grant_id = %grant.id, keys = ids.len(), revoked, "minted keys revoked by their grant");
     Ok(Json(RevokedCount { revoked }))
@@ -262,13 +265,14 @@ pub(crate) async fn admit(
         .map_err(|_| Refusal::InvalidKey("the minted key cannot be read"))?;
     let caveats = minted.caveats();
     let day = utc_day(now);
-    let (grant, _) = app
-        .store
-        .grant(&caveats.grant_id, day)
-        .await?
-        .ok_or(Refusal::InvalidKey(
-            "the minted key names no grant of this server",
-        ))?;
+    let (mut grant, _) =
+        app.store
+            .grant(&caveats.grant_id, day)
+            .await?
+            .ok_or(Refusal::InvalidKey(
+                "the minted key names no grant of this server",
+            ))?;
+    grant.max_key_ttl = longest_key_life(app, &grant);
     // A run's id in a key's grant field: runs have no secret, so nothing verifies.
     let signed = grant
         .secret
@@ -368,6 +372,13 @@ fn narrowed_run(
     })
 }
 
+/// The longest life of a key of `grant`: its own limit, within the server's as it is now.
+fn longest_key_life(app: &App, grant: &GrantRecord) -> time::Duration {
+    grant
+        .max_key_ttl
+        .min(time::Duration::try_from(app.max_key_ttl).unwrap_or(time::Duration::MAX))
+}
+
 /// The key a minted token describes, if every caveat narrows its grant; else what is wider.
 fn narrowed_key(
     grant: &GrantRecord,
@@ -436,6 +447,9 @@ fn narrowed_key(
         .map_err(|_| "its expiry is out of range".to_owned())?;
     if issued_at > now + CLOCK_SKEW {
         return Err("it was minted in the future (is the minter's clock right?)".to_owned());
+    }
+    if issued_at < grant.created_at - CLOCK_SKEW {
+        return Err("it was minted before its grant existed".to_owned());
     }
     if expires_at <= issued_at || expires_at - issued_at > grant.max_key_ttl {
         return Err(format!(

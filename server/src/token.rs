@@ -87,27 +87,77 @@ pub fn appears_in(bytes: &[u8]) -> bool {
         || minted_token_in(bytes)
 }
 
-/// Whether a minted key (`vkm_…`, of any length) appears in `bytes`: the longest run of token
-/// characters after each `vkm_` is checked whole.
+/// Whether a minted key (`vkm_…`, of any length) appears in `bytes`, in time linear in their
+/// length whatever they hold. A minted key is `vkm_`, one or two blocks, each followed by a `.`,
+/// then a tag and checksum of fixed length; so each `vkm_` can end only right after its first or
+/// second `.`, and those two candidates are all that is checked (text may follow the key). Past
+/// a handful of token-shaped candidates the input is taken to hold one: nothing honest looks
+/// like that many keys, and checking each would cost a checksum over up to 8 KiB.
 fn minted_token_in(bytes: &[u8]) -> bool {
-    let is_token_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    bytes
-        .windows(4)
-        .enumerate()
-        .filter(|(_, window)| *window == b"vkm_")
-        .any(|(start, _)| {
-            let run = bytes[start..]
-                .iter()
-                .take(vault_key_wire::MAX_MINTED_TOKEN_LEN + 1)
-                .take_while(|b| is_token_byte(b))
-                .count();
-            // A token followed by `.` or `-` in running text still counts: try each shorter end.
-            (0..=2).any(|trim| {
-                run >= trim
-                    && std::str::from_utf8(&bytes[start..start + run - trim])
-                        .is_ok_and(vault_key_wire::is_minted_token)
-            })
-        })
+    const MOST_CANDIDATES: usize = 16;
+    let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    let mut candidates = Vec::new();
+    let mut run_start = 0;
+    while run_start < bytes.len() {
+        let run_len = bytes[run_start..]
+            .iter()
+            .position(|&b| !is_token_byte(b))
+            .unwrap_or(bytes.len() - run_start);
+        let run = &bytes[run_start..run_start + run_len];
+        // The first dot after a start, the one after it, and the one after that: each found by
+        // a cursor that only moves forward, as the starts do.
+        let (mut first, mut second, mut third) = (
+            DotCursor::new(run),
+            DotCursor::new(run),
+            DotCursor::new(run),
+        );
+        for start in (0..run.len().saturating_sub(3)).filter(|&i| &run[i..i + 4] == b"vkm_") {
+            let Some(d1) = first.at_or_after(start + 4) else {
+                break;
+            };
+            let d2 = second.at_or_after(d1 + 1);
+            let d3 = d2.and_then(|d2| third.at_or_after(d2 + 1));
+            for (dot, next_dot) in [(Some(d1), d2), (d2, d3)] {
+                let Some(dot) = dot else { continue };
+                let end = dot + 1 + vault_key_wire::MINTED_TAIL_LEN;
+                let tail_has_no_dot = next_dot.is_none_or(|next| next >= end);
+                if end <= run.len()
+                    && tail_has_no_dot
+                    && end - start <= vault_key_wire::MAX_MINTED_TOKEN_LEN
+                {
+                    candidates.push(run_start + start..run_start + end);
+                    if candidates.len() > MOST_CANDIDATES {
+                        return true;
+                    }
+                }
+            }
+        }
+        run_start += run_len.max(1);
+    }
+    candidates.into_iter().any(|candidate| {
+        std::str::from_utf8(&bytes[candidate]).is_ok_and(vault_key_wire::is_minted_token)
+    })
+}
+
+/// The positions of `.` in a run, asked for in increasing order.
+struct DotCursor<'a> {
+    run: &'a [u8],
+    at: usize,
+}
+
+impl<'a> DotCursor<'a> {
+    fn new(run: &'a [u8]) -> DotCursor<'a> {
+        DotCursor { run, at: 0 }
+    }
+
+    /// The first `.` at or after `from` (never asked for an earlier `from` than before).
+    fn at_or_after(&mut self, from: usize) -> Option<usize> {
+        self.at = self.at.max(from);
+        while self.at < self.run.len() && self.run[self.at] != b'.' {
+            self.at += 1;
+        }
+        (self.at < self.run.len()).then_some(self.at)
+    }
 }
 
 /// Whether a vault token appears in a body as it is, once its form encoding is decoded
@@ -238,10 +288,35 @@ mod tests {
                 assert!(appears_in(text.as_bytes()), "{text}");
             }
         }
+        // Followed by more text, it is still found.
+        for trailing in ["abc", ".com", "xyz123"] {
+            assert!(
+                appears_in(format!("note:{minted}{trailing}").as_bytes()),
+                "{trailing}"
+            );
+        }
         // One character changed: no longer a token (the checksum says so), so not refused.
         let typo = minted.replacen("vkm_e", "vkm_f", 1);
         assert_ne!(typo, minted);
         assert!(!appears_in(typo.as_bytes()));
         assert!(!appears_in(b"vkm_ and vkg_ in prose"));
+    }
+
+    #[test]
+    fn a_body_of_token_shaped_junk_is_scanned_in_linear_time_or_refused() {
+        // Every `vkm_` of these shares a tail: checked one by one, each would cost a checksum
+        // over kilobytes. Past a handful of candidates the body is refused instead.
+        let junk = format!("{}.{}", "vkm_".repeat(2_000), "A".repeat(49));
+        assert!(appears_in(junk.as_bytes()));
+        // Long runs without a tail cost one pass: nothing is found, quickly.
+        let started = std::time::Instant::now();
+        for body in [
+            "vkm_".repeat(250_000),
+            format!("vkm_{}", ".".repeat(1_000_000)),
+        ] {
+            assert!(!appears_in(body.as_bytes()));
+        }
+        // Not a timing assertion (the machine is shared): a quadratic scan takes minutes here.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 }

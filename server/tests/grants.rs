@@ -143,6 +143,13 @@ async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &Test
         ("label", Box::new(|c| c.label = "run-8/charge".to_owned())),
         ("vendor", Box::new(|c| c.vendor = "openai".to_owned())),
         ("id", Box::new(|c| c.key_id = "not-a-key-id".to_owned())),
+        (
+            "minted before its grant",
+            Box::new(move |c| {
+                c.issued_at = (now - time::Duration::minutes(9)).unix_timestamp();
+                c.expires_at = (now + time::Duration::minutes(1)).unix_timestamp();
+            }),
+        ),
     ];
     for (way, widen) in wider_ways {
         let mut caveats = caveats_within(&credential, now);
@@ -155,11 +162,6 @@ async fn a_key_that_is_not_its_grants_to_make_is_refused_with_its_code(db: &Test
             refused.1
         );
     }
-    // Expired before its first use.
-    let mut expired = caveats_within(&credential, now);
-    expired.issued_at = (now - time::Duration::minutes(8)).unix_timestamp();
-    expired.expires_at = (now - time::Duration::minutes(3)).unix_timestamp();
-    assert_eq!(code(&try_key(expired).await), (401, "key_expired"));
     // Used for another vendor than its own.
     let token = credential.mint(&caveats_within(&credential, now));
     let other_vendor = send(
@@ -365,8 +367,15 @@ async fn a_grant_expires_with_every_key_minted_from_it(db: &TestDb) {
     let start = OffsetDateTime::now_utc();
     let seen = credential.mint(&caveats_within(&credential, start));
     assert_eq!(charge(&server, &seen, 100).await.0, 200);
+    // Six minutes on, a key minted at the start and never used has expired (its grant has not).
+    let unused = credential.mint(&caveats_within(&credential, start));
+    clock.advance(Duration::from_secs(360));
+    assert_eq!(
+        code(&charge(&server, &unused, 100).await),
+        (401, "key_expired")
+    );
     // An hour on, the grant has expired; a key minted just before it is refused too.
-    clock.advance(Duration::from_secs(3600));
+    clock.advance(Duration::from_secs(3600 - 360));
     let late = start + time::Duration::minutes(58);
     let mut caveats = caveats_within(&credential, late);
     caveats.expires_at = (late + time::Duration::minutes(1)).unix_timestamp();
@@ -396,6 +405,7 @@ async fn bad_grant_requests_name_their_field(db: &TestDb) {
         ("max_key_ttl", json!("100d")),
         ("expires_in", json!("365d")),
         ("label_prefix", json!("run\u{7}")),
+        ("label_prefix", json!("")),
         ("surprise", json!(true)),
     ];
     for (field, value) in cases {
@@ -579,6 +589,38 @@ async fn a_run_budget_minted_from_a_grant_caps_its_keys_together(db: &TestDb) {
     server.shutdown().await;
 }
 
+async fn an_operators_label_revocation_stops_minted_keys_not_yet_seen(db: &TestDb) {
+    let server = start_on(db).await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
+    let now = OffsetDateTime::now_utc();
+    let labelled = |label: &str, at: OffsetDateTime| {
+        let mut caveats = caveats_within(&credential, at);
+        caveats.label = label.to_owned();
+        credential.mint(&caveats)
+    };
+    let seen = labelled("run-7/a/charge", now);
+    let unseen = labelled("run-7/a/refund", now);
+    let elsewhere = labelled("run-7/b/charge", now);
+    assert_eq!(list(&server, &seen).await.0, 200);
+
+    let (status, body) = admin(
+        &server.url(),
+        reqwest::Method::POST,
+        "/v1/keys/revoke",
+        Some(json!({"label_prefix": "run-7/a/"})),
+    )
+    .await;
+    assert_eq!((status, body["revoked"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(code(&list(&server, &seen).await), (401, "key_revoked"));
+    // Minted before the revocation, presented after it: refused as the seen one was.
+    assert_eq!(code(&list(&server, &unseen).await), (401, "key_revoked"));
+    // Another prefix is not touched; a key minted after the revocation is a new key.
+    assert_eq!(list(&server, &elsewhere).await.0, 200);
+    let later = labelled("run-7/a/charge", now + time::Duration::seconds(2));
+    assert_eq!(list(&server, &later).await.0, 200);
+    server.shutdown().await;
+}
+
 /// A free read through the proxy.
 async fn list(server: &Server, token: &str) -> (u16, Value) {
     send(
@@ -598,4 +640,5 @@ on_both_stores!(
     a_grant_expires_with_every_key_minted_from_it,
     bad_grant_requests_name_their_field,
     a_run_budget_minted_from_a_grant_caps_its_keys_together,
+    an_operators_label_revocation_stops_minted_keys_not_yet_seen,
 );

@@ -44,6 +44,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 use crate::EndpointPattern;
 
@@ -55,6 +56,8 @@ const ID_LEN: usize = 22;
 const SECRET_LEN: usize = 43;
 const TAG_LEN: usize = 43;
 const CHECKSUM_LEN: usize = 6;
+/// What follows a minted key's last `.`: its tag and checksum.
+pub const MINTED_TAIL_LEN: usize = TAG_LEN + CHECKSUM_LEN;
 /// Length of every grant credential.
 pub const GRANT_TOKEN_LEN: usize = GRANT_TOKEN_PREFIX.len() + ID_LEN + SECRET_LEN + CHECKSUM_LEN;
 /// The longest minted key the proxy reads (its caveats are bounded by the server's own limits on
@@ -105,6 +108,12 @@ fn is_base62(text: &str) -> bool {
 pub struct GrantCredential {
     id: String,
     secret: String,
+}
+
+impl Drop for GrantCredential {
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
 }
 
 impl std::fmt::Debug for GrantCredential {
@@ -306,13 +315,23 @@ pub struct KeyCaveats {
     pub expires_at: i64,
 }
 
-/// A minted key as presented: its caveats, and the tag that proves who minted them.
-#[derive(Debug, Clone)]
+/// A minted key as presented: its caveats, and the tag that proves who minted them. (Its blocks
+/// and tag together are the bearer token: `Debug` shows the caveats only.)
+#[derive(Clone)]
 pub struct MintedToken {
     run: Option<RunCaveats>,
     caveats: KeyCaveats,
     blocks: Vec<Vec<u8>>,
     tag: [u8; 32],
+}
+
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedToken")
+            .field("run", &self.run)
+            .field("caveats", &self.caveats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MintedToken {

@@ -33,3 +33,15 @@ CREATE TABLE tombstones (
     until_ms BIGINT NOT NULL,
     PRIMARY KEY (key_id, grant_id)
 );
+CREATE INDEX tombstones_until ON tombstones (until_ms);
+
+-- Labels an operator revoked (a label prefix, or one label exactly): a minted key with such a
+-- label, minted before the revocation but first presented after it, is refused as the keys
+-- recorded by then were revoked. Kept until every key minted before it has expired.
+CREATE TABLE label_revocations (
+    label    TEXT    NOT NULL,
+    exact    BOOLEAN NOT NULL,
+    at_ms    BIGINT NOT NULL,
+    until_ms BIGINT NOT NULL
+);
+CREATE INDEX label_revocations_until ON label_revocations (until_ms);

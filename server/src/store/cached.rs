@@ -311,6 +311,7 @@ impl Store for CachedStore {
         &self,
         labels: LabelMatch<'_>,
         at: OffsetDateTime,
+        remember_until: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let (inner, cache, text, exact) = (
             Arc::clone(&self.inner),
@@ -324,7 +325,7 @@ impl Store for CachedStore {
             } else {
                 LabelMatch::Prefix(&text)
             };
-            let revoked = inner.revoke_by_label(labels, at).await;
+            let revoked = inner.revoke_by_label(labels, at, remember_until).await;
             // An exact label is also a prefix of itself: forgetting a little more is harmless.
             KeyCache::forget_label_prefix(&cache, &text);
             revoked
@@ -446,9 +447,11 @@ impl Store for CachedStore {
         );
         detached(async move {
             let revoked = inner.revoke_minted(&grant_id, &ids, until, at).await;
-            for id in &ids {
-                KeyCache::forget_id(&cache, id);
-            }
+            // Only minted keys: a grant's holder cannot evict other keys by naming their ids.
+            let named: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+            KeyCache::forget_where(&cache, |key| {
+                key.grant_id.is_some() && named.contains(key.id.as_str())
+            });
             revoked
         })
         .await

@@ -466,11 +466,15 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes the keys with these ids that are not revoked yet; returns how many. Unknown ids
     /// are skipped.
     async fn revoke_ids(&self, ids: &[String], at: OffsetDateTime) -> Result<u64, StoreError>;
-    /// Revokes every live key whose label `labels` takes; returns how many.
+    /// Revokes every live key whose label `labels` takes; returns how many. Minted keys of such
+    /// a label, minted before `at` but not presented yet, are refused when they are: the
+    /// revocation is remembered until `remember_until`, when every key minted before it has
+    /// expired.
     async fn revoke_by_label(
         &self,
         labels: LabelMatch<'_>,
         at: OffsetDateTime,
+        remember_until: OffsetDateTime,
     ) -> Result<u64, StoreError>;
     /// Reserves a call's maximum cost against the cap and records it, atomically and durably.
     async fn open_call(&self, call: &NewCall) -> Result<OpenedCall, StoreError>;

@@ -478,7 +478,9 @@ impl Store for PostgresStore {
         &self,
         labels: LabelMatch<'_>,
         at: OffsetDateTime,
+        remember_until: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let sql = match labels {
             LabelMatch::Prefix(_) => {
                 "UPDATE keys SET revoked_ms = $1 WHERE revoked_ms IS NULL AND expires_ms > $1 \
@@ -492,8 +494,22 @@ impl Store for PostgresStore {
         let revoked = sqlx::query(sql)
             .bind(to_ms(at))
             .bind(labels.text())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM label_revocations WHERE until_ms <= $1")
+            .bind(to_ms(at))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO label_revocations (label, exact, at_ms, until_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(labels.text())
+        .bind(matches!(labels, LabelMatch::Exact(_)))
+        .bind(to_ms(at))
+        .bind(to_ms(remember_until))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(revoked.rows_affected())
     }
 
@@ -680,7 +696,16 @@ impl Store for PostgresStore {
         .bind(grant_id)
         .fetch_one(&mut *tx)
         .await?;
-        if grant_live != Some(true) || tombstoned {
+        // An operator revoked its label (or a prefix of it) after it was minted.
+        let label_revoked: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM label_revocations WHERE at_ms >= $2 \
+             AND CASE WHEN exact THEN label = $1 ELSE substr($1, 1, length(label)) = label END)",
+        )
+        .bind(&key.label)
+        .bind(to_ms(key.created_at))
+        .fetch_one(&mut *tx)
+        .await?;
+        if grant_live != Some(true) || tombstoned || label_revoked {
             return Ok(MintedKey::Revoked);
         }
         if let Some(run) = run {
@@ -737,9 +762,10 @@ impl Store for PostgresStore {
         at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // Exclusive on the grant's row: a minted key being recorded meanwhile (which holds it
-        // shared) either is revoked here or finds its tombstone.
-        sqlx::query("SELECT 1 FROM grants WHERE id = $1 FOR UPDATE")
+        // The grant's row, against the shared lock a minted key being recorded holds on it: that
+        // key either is revoked here or finds its tombstone. (Not FOR UPDATE: that would also
+        // wait for a reservation's foreign-key lock on the grant, and deadlock with it.)
+        sqlx::query("SELECT 1 FROM grants WHERE id = $1 FOR NO KEY UPDATE")
             .bind(grant_id)
             .execute(&mut *tx)
             .await?;

@@ -525,7 +525,9 @@ impl Store for SqliteStore {
         &self,
         labels: LabelMatch<'_>,
         at: OffsetDateTime,
+        remember_until: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        let exact = matches!(labels, LabelMatch::Exact(_));
         let sql = match labels {
             LabelMatch::Prefix(_) => {
                 "UPDATE keys SET revoked_ms = ?1 WHERE revoked_ms IS NULL \
@@ -542,6 +544,18 @@ impl Store for SqliteStore {
                 let revoked = conn
                     .prepare_cached(sql)?
                     .execute(params![to_ms(at), text])?;
+                conn.prepare_cached("DELETE FROM label_revocations WHERE until_ms <= ?")?
+                    .execute([to_ms(at)])?;
+                conn.prepare_cached(
+                    "INSERT INTO label_revocations (label, exact, at_ms, until_ms) \
+                     VALUES (?, ?, ?, ?)",
+                )?
+                .execute(params![
+                    text,
+                    exact,
+                    to_ms(at),
+                    to_ms(remember_until)
+                ])?;
                 Ok(u64::try_from(revoked).unwrap_or(u64::MAX))
             })
             .await
@@ -734,7 +748,10 @@ impl Store for SqliteStore {
                 let tombstoned = conn
                     .prepare_cached("SELECT 1 FROM tombstones WHERE key_id = ? AND grant_id = ?")?
                     .exists(params![minted.id, grant_id])?;
-                if !grant_live || tombstoned {
+                let label_revoked = conn
+                    .prepare_cached(LABEL_REVOKED_SINCE_MINTED)?
+                    .exists(params![minted.label, to_ms(minted.created_at)])?;
+                if !grant_live || tombstoned || label_revoked {
                     return Ok(Some(MintedKey::Revoked));
                 }
                 if let Some(run) = &run {
@@ -989,6 +1006,11 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
         reserved: reserve,
     })
 }
+
+/// Whether an operator revoked the label (?1) of a minted key, or a prefix of it, after the key
+/// was minted (?2).
+const LABEL_REVOKED_SINCE_MINTED: &str = "SELECT 1 FROM label_revocations WHERE at_ms >= ?2 \
+     AND CASE WHEN exact THEN label = ?1 ELSE substr(?1, 1, length(label)) = label END";
 
 /// A grant's columns as the writer inserts them (a grant, or a run at its first key's use).
 struct GrantColumns {
