@@ -303,20 +303,7 @@ async fn a_grants_daily_cap_holds_across_all_its_keys_at_once(db: &TestDb) {
         .map(|_| credential.mint(&caveats_within(&credential, now)))
         .collect();
     let url = server.url();
-    let answers = futures_util::future::join_all(tokens.iter().map(|token| {
-        let url = url.clone();
-        async move {
-            stripe_form(
-                &url,
-                token,
-                "/v1/payment_intents",
-                "amount=1000&currency=usd",
-                &[],
-            )
-            .await
-        }
-    }))
-    .await;
+    let answers = ten_dollars_each_at_once(&url, &tokens).await;
     let ok = answers.iter().filter(|a| a.0 == 200).count();
     let capped: Vec<&(u16, Value)> = answers.iter().filter(|a| a.0 == 429).collect();
     assert_eq!(
@@ -462,20 +449,7 @@ async fn a_run_budget_minted_from_a_grant_caps_its_keys_together(db: &TestDb) {
     let tokens: Vec<String> = (0..20)
         .map(|_| a.mint(&key_of_run(&credential, &run_a)))
         .collect();
-    let answers = futures_util::future::join_all(tokens.iter().map(|token| {
-        let url = url.clone();
-        async move {
-            stripe_form(
-                &url,
-                token,
-                "/v1/payment_intents",
-                "amount=1000&currency=usd",
-                &[],
-            )
-            .await
-        }
-    }))
-    .await;
+    let answers = ten_dollars_each_at_once(&url, &tokens).await;
     assert_eq!(answers.iter().filter(|a| a.0 == 200).count(), 3);
     for refused in answers.iter().filter(|a| a.0 != 200) {
         assert_eq!(code(refused), (429, "cap_exhausted"));
@@ -619,6 +593,20 @@ async fn an_operators_label_revocation_stops_minted_keys_not_yet_seen(db: &TestD
     let later = labelled("run-7/a/charge", now + time::Duration::seconds(2));
     assert_eq!(list(&server, &later).await.0, 200);
     server.shutdown().await;
+}
+
+/// A $10 charge with each token, all at once.
+async fn ten_dollars_each_at_once(url: &str, tokens: &[String]) -> Vec<(u16, Value)> {
+    futures_util::future::join_all(tokens.iter().map(|token| {
+        stripe_form(
+            url,
+            token,
+            "/v1/payment_intents",
+            "amount=1000&currency=usd",
+            &[],
+        )
+    }))
+    .await
 }
 
 /// A free read through the proxy.

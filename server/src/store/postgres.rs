@@ -388,25 +388,7 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let (endpoints, methods) = encoded_policy(key)?;
-        sqlx::query(
-            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&key.id)
-        .bind(&key.token_hash.0[..])
-        .bind(&key.label)
-        .bind(&key.vendor)
-        .bind(micros(key.daily_cap))
-        .bind(endpoints)
-        .bind(methods)
-        .bind(to_ms(key.created_at))
-        .bind(to_ms(key.expires_at))
-        .bind(&key.grant_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_key_row(&self.pool, key, false).await
     }
 
     async fn key_by_token(
@@ -682,7 +664,6 @@ impl Store for PostgresStore {
         grant_id: &str,
         day: Date,
     ) -> Result<MintedKey, StoreError> {
-        let (endpoints, methods) = encoded_policy(key)?;
         let mut tx = self.pool.begin().await?;
         let grant_live: Option<bool> =
             sqlx::query_scalar("SELECT revoked_ms IS NULL FROM grants WHERE id = $1 FOR SHARE")
@@ -730,23 +711,7 @@ impl Store for PostgresStore {
         }
         // Already recorded (by this token: its hash is unique), or the id is another key's:
         // either way nothing is written, and the read below tells which.
-        sqlx::query(
-            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-        )
-        .bind(&key.id)
-        .bind(&key.token_hash.0[..])
-        .bind(&key.label)
-        .bind(&key.vendor)
-        .bind(micros(key.daily_cap))
-        .bind(endpoints)
-        .bind(methods)
-        .bind(to_ms(key.created_at))
-        .bind(to_ms(key.expires_at))
-        .bind(&key.grant_id)
-        .execute(&mut *tx)
-        .await?;
+        insert_key_row(&mut *tx, key, true).await?;
         tx.commit().await?;
         Ok(match self.key_by_token(&key.token_hash, day).await? {
             Some(found) => MintedKey::Recorded(Box::new(found)),
@@ -947,6 +912,41 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
         call_id,
         reserved: reserve,
     })
+}
+
+/// Inserts a key's row (doing nothing when its id or token exists, if `or_ignore`).
+async fn insert_key_row<'c>(
+    conn: impl sqlx::Executor<'c, Database = Postgres>,
+    key: &KeyRecord,
+    or_ignore: bool,
+) -> Result<(), StoreError> {
+    macro_rules! insert {
+        () => {
+            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
+             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        };
+    }
+    let sql = if or_ignore {
+        concat!(insert!(), " ON CONFLICT DO NOTHING")
+    } else {
+        insert!()
+    };
+    let (endpoints, methods) = encoded_policy(key)?;
+    sqlx::query(sql)
+        .bind(&key.id)
+        .bind(&key.token_hash.0[..])
+        .bind(&key.label)
+        .bind(&key.vendor)
+        .bind(micros(key.daily_cap))
+        .bind(endpoints)
+        .bind(methods)
+        .bind(to_ms(key.created_at))
+        .bind(to_ms(key.expires_at))
+        .bind(&key.grant_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Inserts a grant's row (doing nothing when its id exists, if `or_ignore`).

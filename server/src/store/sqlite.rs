@@ -413,29 +413,9 @@ const KEY_VIEW_BY_ID: &str = concat!(key_view_on_day!(), "? WHERE k.id = ?");
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let (endpoints, methods) = encoded_policy(key)?;
-        let key = key.clone();
+        let key = KeyColumns::of(key)?;
         self.group
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-                     allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    key.id,
-                    &key.token_hash.0[..],
-                    key.label,
-                    key.vendor,
-                    micros(key.daily_cap),
-                    endpoints,
-                    methods,
-                    to_ms(key.created_at),
-                    to_ms(key.expires_at),
-                    key.grant_id,
-                ])?;
-                Ok(())
-            })
+            .write(move |conn| insert_key_row(conn, &key, false))
             .await
     }
 
@@ -736,9 +716,9 @@ impl Store for SqliteStore {
         grant_id: &str,
         day: Date,
     ) -> Result<MintedKey, StoreError> {
-        let (endpoints, methods) = encoded_policy(key)?;
+        let row = KeyColumns::of(key)?;
         let run = run.map(GrantColumns::of).transpose()?;
-        let (minted, grant_id) = (key.clone(), grant_id.to_owned());
+        let grant_id = grant_id.to_owned();
         let recorded = self
             .group
             .write(move |conn| {
@@ -747,10 +727,10 @@ impl Store for SqliteStore {
                     .exists([&grant_id])?;
                 let tombstoned = conn
                     .prepare_cached("SELECT 1 FROM tombstones WHERE key_id = ? AND grant_id = ?")?
-                    .exists(params![minted.id, grant_id])?;
+                    .exists(params![row.id, grant_id])?;
                 let label_revoked = conn
                     .prepare_cached(LABEL_REVOKED_SINCE_MINTED)?
-                    .exists(params![minted.label, to_ms(minted.created_at)])?;
+                    .exists(params![row.label, row.created_ms])?;
                 if !grant_live || tombstoned || label_revoked {
                     return Ok(Some(MintedKey::Revoked));
                 }
@@ -775,23 +755,7 @@ impl Store for SqliteStore {
                 }
                 // Already recorded (by this token: its hash is unique), or the id is another
                 // key's: either way nothing is written, and the read below tells which.
-                conn.prepare_cached(
-                    "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-                     allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![
-                    minted.id,
-                    &minted.token_hash.0[..],
-                    minted.label,
-                    minted.vendor,
-                    micros(minted.daily_cap),
-                    endpoints,
-                    methods,
-                    to_ms(minted.created_at),
-                    to_ms(minted.expires_at),
-                    minted.grant_id,
-                ])?;
+                insert_key_row(conn, &row, true)?;
                 Ok(None)
             })
             .await?;
@@ -1011,6 +975,71 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
 /// was minted (?2).
 const LABEL_REVOKED_SINCE_MINTED: &str = "SELECT 1 FROM label_revocations WHERE at_ms >= ?2 \
      AND CASE WHEN exact THEN label = ?1 ELSE substr(?1, 1, length(label)) = label END";
+
+/// A key's columns as the writer inserts them (an issued key, or a minted one at first use).
+struct KeyColumns {
+    id: String,
+    token_hash: [u8; 32],
+    label: String,
+    vendor: String,
+    daily_cap: i64,
+    endpoints: String,
+    methods: Option<String>,
+    created_ms: i64,
+    expires_ms: i64,
+    grant_id: Option<String>,
+}
+
+impl KeyColumns {
+    fn of(key: &KeyRecord) -> Result<KeyColumns, StoreError> {
+        let (endpoints, methods) = encoded_policy(key)?;
+        Ok(KeyColumns {
+            id: key.id.clone(),
+            token_hash: key.token_hash.0,
+            label: key.label.clone(),
+            vendor: key.vendor.clone(),
+            daily_cap: micros(key.daily_cap),
+            endpoints,
+            methods,
+            created_ms: to_ms(key.created_at),
+            expires_ms: to_ms(key.expires_at),
+            grant_id: key.grant_id.clone(),
+        })
+    }
+}
+
+/// Inserts a key's row (doing nothing when its id or token exists, if `or_ignore`).
+fn insert_key_row(
+    conn: &rusqlite::Connection,
+    key: &KeyColumns,
+    or_ignore: bool,
+) -> Result<(), StoreError> {
+    macro_rules! insert {
+        () => {
+            "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
+             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        };
+    }
+    let sql = if or_ignore {
+        concat!(insert!(), " ON CONFLICT DO NOTHING")
+    } else {
+        insert!()
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        key.id,
+        &key.token_hash[..],
+        key.label,
+        key.vendor,
+        key.daily_cap,
+        key.endpoints,
+        key.methods,
+        key.created_ms,
+        key.expires_ms,
+        key.grant_id,
+    ])?;
+    Ok(())
+}
 
 /// A grant's columns as the writer inserts them (a grant, or a run at its first key's use).
 struct GrantColumns {
