@@ -321,6 +321,33 @@ struct Group {
     href: Option<String>,
     keys: Vec<KeyLine>,
     bar: Bar,
+    revoke: GroupRevocation,
+}
+
+/// The revoke form of a group: by prefix, or by the one label.
+struct GroupRevocation {
+    /// `label_prefix` or `label`.
+    field: &'static str,
+    question: String,
+    button: String,
+}
+
+impl GroupRevocation {
+    fn of(name: &str, is_prefix: bool) -> GroupRevocation {
+        if is_prefix {
+            GroupRevocation {
+                field: "label_prefix",
+                question: format!("Revoke every live key whose label starts with {name}?"),
+                button: format!("Revoke all under {name}"),
+            }
+        } else {
+            GroupRevocation {
+                field: "label",
+                question: format!("Revoke every live key labelled {name}?"),
+                button: format!("Revoke all labelled {name}"),
+            }
+        }
+    }
 }
 
 /// Spend against cap, for a `<meter>`.
@@ -458,6 +485,7 @@ async fn overview_live_part(
             keys += members.len();
             Group {
                 href: is_prefix.then(|| overview_href("/ui", &name)),
+                revoke: GroupRevocation::of(&name, is_prefix),
                 name,
                 keys: members.iter().map(KeyLine::new).collect(),
                 bar,
