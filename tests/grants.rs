@@ -145,6 +145,14 @@ async fn a_grant_client_mints_each_calls_key_and_the_grant_caps_the_run() {
         }
     }
     assert_eq!(outcomes, [3, 3]);
+    // A run shorter than a key's own lifetime (five minutes): its keys end with it.
+    let short = client
+        .open_run("run-g/short/", dollars(30), Duration::from_secs(120))
+        .unwrap();
+    short
+        .scope(charge_in_run())
+        .await
+        .expect("a key of a two-minute run");
     let in_run_a = local.keys_labelled("run-g/a/").await.unwrap();
     assert_eq!(in_run_a.len(), 5);
     assert!(

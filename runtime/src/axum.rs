@@ -84,26 +84,37 @@ pub struct VaultKeyLayer {
     runs: Option<Arc<RunBudgets>>,
 }
 
-/// The run budgets a layer opened, one per agent run (`x-agent-run-id`), while they last.
+/// The run budgets a layer opened, one per agent run (`x-user-id`, `x-agent-run-id`), while they
+/// last.
 #[derive(Debug)]
 struct RunBudgets {
     cap: Usd,
     lifetime: Duration,
-    open: std::sync::Mutex<HashMap<String, (RunBudget, Instant)>>,
+    open: std::sync::Mutex<HashMap<AgentRun, (RunBudget, Instant)>>,
 }
+
+/// An agent run as the request names it: its user (`x-user-id`) and run (`x-agent-run-id`).
+type AgentRun = (Option<String>, String);
 
 impl RunBudgets {
     /// Most runs remembered at once: the one ending first is forgotten first (its keys stay
     /// capped by the proxy; a later request of that run would open a fresh budget).
     const MAX_OPEN: usize = 10_000;
 
-    /// The budget of the run labelled `label`, opened at its first request.
-    fn of(&self, client: &Client, label: &str) -> Result<RunBudget, Error> {
+    /// The budget of the request's run, opened at its first request (labelled `label`). Once
+    /// its lifetime is over (or it was forgotten to make room), the run's next request opens a
+    /// fresh one.
+    fn of(
+        &self,
+        client: &Client,
+        run: AgentRun,
+        label: &str,
+    ) -> Result<RunBudget, Error> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        if let Some((run, until)) = open.get(label) {
+        if let Some((budget, until)) = open.get(&run) {
             if *until > now {
-                return Ok(run.clone());
+                return Ok(budget.clone());
             }
         }
         open.retain(|_, (_, until)| *until > now);
@@ -111,14 +122,14 @@ impl RunBudgets {
             let first_to_end = open
                 .iter()
                 .min_by_key(|(_, (_, until))| *until)
-                .map(|(label, _)| label.clone());
-            if let Some(label) = first_to_end {
-                open.remove(&label);
+                .map(|(run, _)| run.clone());
+            if let Some(run) = first_to_end {
+                open.remove(&run);
             }
         }
-        let run = client.open_run(label, self.cap, self.lifetime)?;
-        open.insert(label.to_owned(), (run.clone(), now + self.lifetime));
-        Ok(run)
+        let budget = client.open_run(label, self.cap, self.lifetime)?;
+        open.insert(run, (budget.clone(), now + self.lifetime));
+        Ok(budget)
     }
 }
 
@@ -239,8 +250,12 @@ where
             let labels = RequestLabels::from_headers(request.headers());
             let spec = (layer.spec)(&labels);
             let client = layer.client.clone().map_or_else(default_client, Ok);
-            let run = match (&layer.runs, &client, labels.agent_run_id.is_some()) {
-                (Some(runs), Ok(client), true) => Some(runs.of(client, spec.label_str())),
+            let run = match (&layer.runs, &client, &labels.agent_run_id) {
+                (Some(runs), Ok(client), Some(run_id)) => Some(runs.of(
+                    client,
+                    (labels.user_id.clone(), run_id.clone()),
+                    spec.label_str(),
+                )),
                 _ => None,
             }
             .transpose();

@@ -301,6 +301,14 @@ impl Client {
     pub async fn issue(&self, spec: &KeySpec) -> Result<VaultKey, Error> {
         spec.validate()?;
         let admin_token = match &self.inner.credential {
+            Credential::Admin(_) if crate::run::current_run().is_some() => {
+                // Issued outside the run, its key would escape the run's budget: refused.
+                return Err(Error::NotConfigured(
+                    "a run budget is in scope, and this client issues keys with the admin token: \
+                     runs are minted from a grant"
+                        .to_owned(),
+                ));
+            }
             Credential::Admin(token) => token,
             Credential::Grant(grant) => return self.mint(grant, spec).await,
         };
@@ -340,6 +348,17 @@ impl Client {
     /// Mints a key from the grant: no server contact (past the first mint, which reads where
     /// each vendor's token goes). Whether it fits the grant, the proxy judges at its first use.
     async fn mint(&self, grant: &GrantCredential, spec: &KeySpec) -> Result<VaultKey, Error> {
+        // Inside a run, the key is the run's: labelled under it, minted from it, ending with it.
+        let run = crate::run::current_run();
+        if let Some(run) = &run {
+            if run.credential().grant_id() != grant.id() {
+                return Err(Error::NotConfigured(format!(
+                    "a run of grant {} is in scope, and this client mints from grant {}",
+                    run.credential().grant_id(),
+                    grant.id()
+                )));
+            }
+        }
         let info = self.inner.info.get_or_try_init(|| self.info()).await?;
         let placement = info
             .vendors
@@ -349,16 +368,15 @@ impl Client {
             .ok_or_else(|| {
                 Error::InvalidSpec(format!("the server serves no vendor `{}`", spec.vendor()))
             })?;
-        // Inside a run of this grant, the key is the run's: labelled under it, minted from it.
-        let run = crate::run::current_run().filter(|run| run.credential().grant_id() == grant.id());
         let label = match &run {
-            Some(run) if !spec.label_str().starts_with(run.label_prefix()) => {
-                format!("{}{}", run.label_prefix(), spec.label_str())
-            }
-            _ => spec.label_str().to_owned(),
+            Some(run) => run.label_for(spec.label_str()),
+            None => spec.label_str().to_owned(),
         };
         let issued_at = OffsetDateTime::now_utc();
-        let expires_at = issued_at + spec.lifetime();
+        let mut expires_at = issued_at + spec.lifetime();
+        if let Some(run) = &run {
+            expires_at = expires_at.min(run.ends_at());
+        }
         let caveats = KeyCaveats {
             grant_id: grant.id().to_owned(),
             key_id: format!("key_{}", Alphanumeric.sample_string(&mut rand::rng(), 22)),

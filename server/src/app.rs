@@ -118,7 +118,7 @@ impl App {
         let now = self.clock.now();
         // Past the longest key lifetime (and a minter's clock skew), no key minted before now
         // is still live: the revocation need not be remembered longer.
-        let remember_until = now + self.max_key_ttl + std::time::Duration::from_secs(60);
+        let remember_until = now + self.max_key_ttl + crate::grants::CLOCK_SKEW;
         let revoked = self
             .store
             .revoke_by_label(labels, now, remember_until)

@@ -39,7 +39,7 @@ use crate::token::{looks_like_key_id, TokenHash};
 /// grant that outlives a month should be a new grant.
 const MAX_GRANT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How far ahead of the server's clock a minted key's issue time may be (the minter's clock).
-const CLOCK_SKEW: time::Duration = time::Duration::seconds(60);
+pub(crate) const CLOCK_SKEW: time::Duration = time::Duration::seconds(60);
 
 /// The grant routes.
 pub fn routes() -> Router<Arc<App>> {
@@ -172,7 +172,17 @@ async fn get_grant(
         .grant(&id, utc_day(now))
         .await?
         .ok_or_else(no_such_grant)?;
-    Ok(Json(view(&app, &grant, spend, now)))
+    let mut shown = view(&app, &grant, spend, now);
+    // A run stops with its grant: it shows so.
+    if let Some(parent) = &grant.parent_id {
+        if let Some((parent, parent_spend)) = app.store.grant(parent, utc_day(now)).await? {
+            let parent_status = view(&app, &parent, parent_spend, now).status;
+            if shown.status == KeyStatus::Active {
+                shown.status = parent_status;
+            }
+        }
+    }
+    Ok(Json(shown))
 }
 
 fn view(app: &App, grant: &GrantRecord, spend: DaySpend, now: OffsetDateTime) -> GrantView {
@@ -292,7 +302,7 @@ pub(crate) async fn admit(
     // A key of a run narrows the run, which narrows the grant.
     let run = minted
         .run()
-        .map(|run| narrowed_run(&grant, run, now))
+        .map(|run| narrowed_run(&grant, run))
         .transpose()
         .map_err(Refusal::KeyWiderThanGrant)?;
     let scope = run.as_ref().unwrap_or(&grant);
@@ -323,11 +333,7 @@ pub(crate) async fn admit(
 /// The run a minted key's run block describes, as a grant of its own under `grant`, if it
 /// narrows the grant; else what is wider. Its keys' other terms (largest key cap, endpoints,
 /// methods, longest life) are the grant's.
-fn narrowed_run(
-    grant: &GrantRecord,
-    run: &RunCaveats,
-    now: OffsetDateTime,
-) -> Result<GrantRecord, String> {
+fn narrowed_run(grant: &GrantRecord, run: &RunCaveats) -> Result<GrantRecord, String> {
     let id_ok = run
         .run_id
         .strip_prefix(GRANT_ID_PREFIX)
@@ -366,7 +372,9 @@ fn narrowed_run(
         allowed_endpoints: grant.allowed_endpoints.clone(),
         allowed_methods: grant.allowed_methods.clone(),
         max_key_ttl: grant.max_key_ttl,
-        created_at: now,
+        // The run's keys may be minted as early as the grant's: a key minted at the run's start
+        // and first used minutes later is the run's all the same.
+        created_at: grant.created_at,
         expires_at,
         revoked_at: None,
     })
@@ -395,9 +403,14 @@ fn narrowed_key(
             caveats.vendor, grant.vendor
         ));
     }
-    let label_ok = !caveats.label.is_empty()
-        && caveats.label.starts_with(&grant.label_prefix)
-        && label_text("label", &caveats.label).is_ok();
+    // A run's prefix ends at a segment boundary (run `run-4` is not run `run-42`); a grant's is
+    // a plain prefix, as the admin API's label prefixes are.
+    let under_prefix = match grant.parent_id {
+        Some(_) => vault_key_wire::label_is_under(&caveats.label, &grant.label_prefix),
+        None => caveats.label.starts_with(&grant.label_prefix),
+    };
+    let label_ok =
+        !caveats.label.is_empty() && under_prefix && label_text("label", &caveats.label).is_ok();
     if !label_ok {
         return Err(format!(
             "its label must start with `{}` (and be at most 256 bytes of text)",

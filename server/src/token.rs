@@ -308,6 +308,14 @@ mod tests {
         // over kilobytes. Past a handful of candidates the body is refused instead.
         let junk = format!("{}.{}", "vkm_".repeat(2_000), "A".repeat(49));
         assert!(appears_in(junk.as_bytes()));
+        // Many short token shapes, each its own candidate: past the cap, refused.
+        let shapes = format!("vkm_A.{}", "A".repeat(49)).repeat(17);
+        assert!(appears_in(shapes.as_bytes()));
+        // A few are checked one by one: none has the right checksum.
+        assert!(!appears_in(
+            format!("vkm_A.{}", "A".repeat(49)).repeat(3).as_bytes()
+        ));
+        assert!(!appears_in("vkm_A.".repeat(200_000).as_bytes()));
         // Long runs without a tail cost one pass: nothing is found, quickly.
         let started = std::time::Instant::now();
         for body in [

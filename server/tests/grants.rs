@@ -564,9 +564,13 @@ async fn a_run_budget_minted_from_a_grant_caps_its_keys_together(db: &TestDb) {
 }
 
 async fn an_operators_label_revocation_stops_minted_keys_not_yet_seen(db: &TestDb) {
-    let server = start_on(db).await;
-    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let now = OffsetDateTime::now_utc();
+    let clock = ManualClock::new(now);
+    let server = {
+        let clock = clock.clone();
+        start_on_with(db, move |config| config.clock = Arc::new(clock)).await
+    };
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let labelled = |label: &str, at: OffsetDateTime| {
         let mut caveats = caveats_within(&credential, at);
         caveats.label = label.to_owned();
@@ -574,6 +578,8 @@ async fn an_operators_label_revocation_stops_minted_keys_not_yet_seen(db: &TestD
     };
     let seen = labelled("run-7/a/charge", now);
     let unseen = labelled("run-7/a/refund", now);
+    // Minted with a clock half a minute ahead: still before the revocation, within the skew.
+    let ahead = labelled("run-7/a/lookup", now + time::Duration::seconds(30));
     let elsewhere = labelled("run-7/b/charge", now);
     assert_eq!(list(&server, &seen).await.0, 200);
 
@@ -588,11 +594,57 @@ async fn an_operators_label_revocation_stops_minted_keys_not_yet_seen(db: &TestD
     assert_eq!(code(&list(&server, &seen).await), (401, "key_revoked"));
     // Minted before the revocation, presented after it: refused as the seen one was.
     assert_eq!(code(&list(&server, &unseen).await), (401, "key_revoked"));
-    // Another prefix is not touched; a key minted after the revocation is a new key.
+    assert_eq!(code(&list(&server, &ahead).await), (401, "key_revoked"));
+    // Another prefix is not touched; a key minted well after the revocation is a new key.
     assert_eq!(list(&server, &elsewhere).await.0, 200);
-    let later = labelled("run-7/a/charge", now + time::Duration::seconds(2));
+    clock.advance(Duration::from_secs(120));
+    let later = labelled("run-7/a/charge", now + time::Duration::seconds(120));
     assert_eq!(list(&server, &later).await.0, 200);
     server.shutdown().await;
+}
+
+async fn a_run_key_first_used_minutes_after_it_was_minted_is_still_the_runs(db: &TestDb) {
+    let start = OffsetDateTime::now_utc();
+    let clock = ManualClock::new(start);
+    let server = {
+        let clock = clock.clone();
+        start_on_with(db, move |config| config.clock = Arc::new(clock)).await
+    };
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
+    let run = run_of("slow", 30);
+    let mut caveats = key_of_run(&credential, &run);
+    caveats.issued_at = (start + time::Duration::minutes(1)).unix_timestamp();
+    caveats.expires_at = (start + time::Duration::minutes(6)).unix_timestamp();
+    let token = credential.open_run(&run).mint(&caveats);
+    // Four minutes after it was minted (an LLM call before the first vendor call).
+    clock.advance(Duration::from_secs(300));
+    assert_eq!(list(&server, &token).await.0, 200);
+
+    // A run's prefix ends at a segment boundary: run `run-7/z` does not take `run-7/zz/…`.
+    let mut bare = run_of("z", 30);
+    bare.label_prefix = "run-7/z".to_owned();
+    let mut inside = key_of_run(&credential, &bare);
+    inside.issued_at = clock_now(&start, 300);
+    inside.expires_at = clock_now(&start, 600);
+    inside.label = "run-7/z/charge".to_owned();
+    let mut beside = inside.clone();
+    beside.key_id = vault_key_server::token::generate_key_id();
+    beside.label = "run-7/zz/charge".to_owned();
+    let bare_run = credential.open_run(&bare);
+    assert_eq!(list(&server, &bare_run.mint(&inside)).await.0, 200);
+    let refused = list(&server, &bare_run.mint(&beside)).await;
+    assert_eq!(
+        code(&refused),
+        (403, "key_wider_than_grant"),
+        "{}",
+        refused.1
+    );
+    server.shutdown().await;
+}
+
+/// Unix seconds `seconds` after `start`.
+fn clock_now(start: &OffsetDateTime, seconds: i64) -> i64 {
+    (*start + time::Duration::seconds(seconds)).unix_timestamp()
 }
 
 /// A $10 charge with each token, all at once.
@@ -629,4 +681,5 @@ on_both_stores!(
     bad_grant_requests_name_their_field,
     a_run_budget_minted_from_a_grant_caps_its_keys_together,
     an_operators_label_revocation_stops_minted_keys_not_yet_seen,
+    a_run_key_first_used_minutes_after_it_was_minted_is_still_the_runs,
 );

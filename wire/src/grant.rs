@@ -211,6 +211,13 @@ pub struct RunCredential {
     tag: [u8; 32],
 }
 
+impl Drop for RunCredential {
+    fn drop(&mut self) {
+        // The tag mints the run's keys.
+        self.tag.zeroize();
+    }
+}
+
 impl std::fmt::Debug for RunCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunCredential")
@@ -274,6 +281,14 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
     mac.update(message);
     mac.finalize().into_bytes().into()
+}
+
+/// Whether `label` is under a run's `prefix`: the prefix itself, or the prefix followed by more
+/// at a segment boundary (`run-4` takes `run-4/charge`, not `run-42/charge`).
+pub fn label_is_under(label: &str, prefix: &str) -> bool {
+    label
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'))
 }
 
 /// A run budget under a grant: the caveats of the block between the grant and a key.

@@ -27,9 +27,9 @@ mod pattern;
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use error::{ErrorBody, ErrorCode, ERROR_HEADER};
 pub use grant::{
-    checksum, is_grant_token, is_minted_token, GrantCredential, KeyCaveats, MintedToken,
-    RunCaveats, RunCredential, TokenError, GRANT_ID_PREFIX, GRANT_TOKEN_LEN, MAX_MINTED_TOKEN_LEN,
-    MINTED_TAIL_LEN,
+    checksum, is_grant_token, is_minted_token, label_is_under, GrantCredential, KeyCaveats,
+    MintedToken, RunCaveats, RunCredential, TokenError, GRANT_ID_PREFIX, GRANT_TOKEN_LEN,
+    MAX_MINTED_TOKEN_LEN, MINTED_TAIL_LEN,
 };
 pub use keys::{
     CreateKeyRequest, Event, EventPage, GrantTerms, GrantView, IssuedGrant, IssuedKey, KeyPage,

@@ -99,9 +99,30 @@ impl KeyCache {
     }
 
     /// Forgets every minted key, likewise: a grant's revocation reaches its runs' keys too, and
-    /// the cache does not know which grant a run belongs to (revoking a grant is rare).
+    /// the cache does not know which grant a run belongs to. (An operator's action: one pass over
+    /// the cache under its lock.)
     fn forget_minted(cache: &RwLock<KeyCache>) {
         KeyCache::forget_where(cache, |key| key.grant_id.is_some());
+    }
+
+    /// Forgets the minted keys among `ids`, likewise, looking up only those: a grant's holder
+    /// cannot evict other keys by naming their ids, nor make every revocation a pass over the
+    /// whole cache.
+    fn forget_minted_ids(cache: &RwLock<KeyCache>, ids: &[String]) {
+        let mut cache = KeyCache::write(cache);
+        cache.generation += 1;
+        let KeyCache { by_hash, by_id, .. } = &mut *cache;
+        for id in ids {
+            let minted = by_id
+                .get(id)
+                .and_then(|hash| by_hash.get(hash))
+                .is_some_and(|cached| cached.key.grant_id.is_some());
+            if minted {
+                if let Some(hash) = by_id.remove(id) {
+                    by_hash.remove(&hash);
+                }
+            }
+        }
     }
 
     fn forget_where(cache: &RwLock<KeyCache>, forget: impl Fn(&KeyRecord) -> bool) {
@@ -447,11 +468,7 @@ impl Store for CachedStore {
         );
         detached(async move {
             let revoked = inner.revoke_minted(&grant_id, &ids, until, at).await;
-            // Only minted keys: a grant's holder cannot evict other keys by naming their ids.
-            let named: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-            KeyCache::forget_where(&cache, |key| {
-                key.grant_id.is_some() && named.contains(key.id.as_str())
-            });
+            KeyCache::forget_minted_ids(&cache, &ids);
             revoked
         })
         .await

@@ -653,6 +653,13 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        // A run recorded while the first statement waited for its lock is not in that
+        // statement's snapshot; a statement of its own sees it.
+        sqlx::query("UPDATE grants SET revoked_ms = COALESCE(revoked_ms, $1) WHERE parent_id = $2")
+            .bind(to_ms(at))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(revoked.rows_affected()))
     }
@@ -683,7 +690,8 @@ impl Store for PostgresStore {
              AND CASE WHEN exact THEN label = $1 ELSE substr($1, 1, length(label)) = label END)",
         )
         .bind(&key.label)
-        .bind(to_ms(key.created_at))
+        // A key minted within a minter's clock skew after the revocation counts as before it.
+        .bind(to_ms(key.created_at - crate::grants::CLOCK_SKEW))
         .fetch_one(&mut *tx)
         .await?;
         if grant_live != Some(true) || tombstoned || label_revoked {
@@ -996,8 +1004,10 @@ async fn reserve_in_grants(
     day: &str,
     amount: Usd,
 ) -> Result<Option<OpenedCall>, StoreError> {
+    // A key's grant, or its run and the run's grant: two levels, as settlement moves them.
     let mut next = Some(first.to_owned());
-    while let Some(grant_id) = next {
+    for _ in 0..2 {
+        let Some(grant_id) = next else { break };
         let (cap, parent): (i64, Option<String>) =
             sqlx::query_as("SELECT daily_cap_micros, parent_id FROM grants WHERE id = $1")
                 .bind(&grant_id)

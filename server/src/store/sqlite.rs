@@ -730,7 +730,7 @@ impl Store for SqliteStore {
                     .exists(params![row.id, grant_id])?;
                 let label_revoked = conn
                     .prepare_cached(LABEL_REVOKED_SINCE_MINTED)?
-                    .exists(params![row.label, row.created_ms])?;
+                    .exists(params![row.label, row.created_ms - MINTER_CLOCK_SKEW_MS])?;
                 if !grant_live || tombstoned || label_revoked {
                     return Ok(Some(MintedKey::Revoked));
                 }
@@ -971,8 +971,12 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
     })
 }
 
+/// How far a minter's clock may run ahead of the server's, in milliseconds: a key whose issue
+/// time is within it after a label revocation is taken as minted before it (fail closed).
+const MINTER_CLOCK_SKEW_MS: i64 = crate::grants::CLOCK_SKEW.whole_milliseconds() as i64;
+
 /// Whether an operator revoked the label (?1) of a minted key, or a prefix of it, after the key
-/// was minted (?2).
+/// was minted (?2, already moved back by the minter's possible clock skew).
 const LABEL_REVOKED_SINCE_MINTED: &str = "SELECT 1 FROM label_revocations WHERE at_ms >= ?2 \
      AND CASE WHEN exact THEN label = ?1 ELSE substr(?1, 1, length(label)) = label END";
 
@@ -1115,7 +1119,7 @@ fn insert_grant_row(
 }
 
 /// Reserves `amount` against the daily cap of all the keys of the key's grant (or run) together,
-/// and of the run's grant; the refusal if it does not fit anywhere, with nothing left reserved.
+/// and of the run's grant; the refusal if it does not fit somewhere, with nothing left reserved.
 fn reserve_in_grants(
     conn: &rusqlite::Connection,
     first: &str,
@@ -1123,8 +1127,10 @@ fn reserve_in_grants(
     amount: Usd,
 ) -> Result<Option<OpenedCall>, StoreError> {
     let mut reserved_in: Vec<String> = Vec::new();
+    // A key's grant, or its run and the run's grant: two levels, as settlement moves them.
     let mut next = Some(first.to_owned());
-    while let Some(grant_id) = next {
+    for _ in 0..2 {
+        let Some(grant_id) = next else { break };
         let (cap, parent): (i64, Option<String>) = conn
             .prepare_cached("SELECT daily_cap_micros, parent_id FROM grants WHERE id = ?")?
             .query_row([&grant_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
