@@ -104,12 +104,7 @@ impl RunBudgets {
     /// The budget of the request's run, opened at its first request (labelled `label`). Once
     /// its lifetime is over (or it was forgotten to make room), the run's next request opens a
     /// fresh one.
-    fn of(
-        &self,
-        client: &Client,
-        run: AgentRun,
-        label: &str,
-    ) -> Result<RunBudget, Error> {
+    fn of(&self, client: &Client, run: AgentRun, label: &str) -> Result<RunBudget, Error> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if let Some((budget, until)) = open.get(&run) {

@@ -15,6 +15,12 @@ use vault_key_server::clock::ManualClock;
 use vault_key_server::Server;
 use vault_key_wire::{GrantCredential, KeyCaveats, RunCaveats};
 
+/// A server whose "now" is `clock`'s.
+async fn start_on_clock(db: &TestDb, clock: &ManualClock) -> Server {
+    let clock = clock.clone();
+    start_on_with(db, move |config| config.clock = Arc::new(clock)).await
+}
+
 fn code(answer: &(u16, Value)) -> (u16, &str) {
     (answer.0, answer.1["code"].as_str().unwrap_or(""))
 }
@@ -346,10 +352,7 @@ async fn a_grants_daily_cap_holds_across_all_its_keys_at_once(db: &TestDb) {
 
 async fn a_grant_expires_with_every_key_minted_from_it(db: &TestDb) {
     let clock = ManualClock::new(OffsetDateTime::now_utc());
-    let server = {
-        let clock = clock.clone();
-        start_on_with(db, move |config| config.clock = Arc::new(clock)).await
-    };
+    let server = start_on_clock(db, &clock).await;
     let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let start = OffsetDateTime::now_utc();
     let seen = credential.mint(&caveats_within(&credential, start));
@@ -566,10 +569,7 @@ async fn a_run_budget_minted_from_a_grant_caps_its_keys_together(db: &TestDb) {
 async fn an_operators_label_revocation_stops_minted_keys_not_yet_seen(db: &TestDb) {
     let now = OffsetDateTime::now_utc();
     let clock = ManualClock::new(now);
-    let server = {
-        let clock = clock.clone();
-        start_on_with(db, move |config| config.clock = Arc::new(clock)).await
-    };
+    let server = start_on_clock(db, &clock).await;
     let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let labelled = |label: &str, at: OffsetDateTime| {
         let mut caveats = caveats_within(&credential, at);
@@ -606,10 +606,7 @@ async fn an_operators_label_revocation_stops_minted_keys_not_yet_seen(db: &TestD
 async fn a_run_key_first_used_minutes_after_it_was_minted_is_still_the_runs(db: &TestDb) {
     let start = OffsetDateTime::now_utc();
     let clock = ManualClock::new(start);
-    let server = {
-        let clock = clock.clone();
-        start_on_with(db, move |config| config.clock = Arc::new(clock)).await
-    };
+    let server = start_on_clock(db, &clock).await;
     let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
     let run = run_of("slow", 30);
     let mut caveats = key_of_run(&credential, &run);
