@@ -365,3 +365,45 @@ async fn a_generic_vendor_gets_its_secret_in_its_header_and_a_flat_cost() {
     assert_code(&third, 429, "cap_exhausted");
     assert_eq!(view(&server, &key).await["spent_today_usd"], json!(0.5));
 }
+
+#[tokio::test]
+async fn cookies_cross_the_proxy_in_neither_direction() {
+    use axum::http::HeaderMap;
+    // The proxy shares its origin with the dashboard: a vendor must not set cookies there, and
+    // no cookie of the browser (the dashboard's session) may reach a vendor.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vendor_url = format!("http://{}", listener.local_addr().unwrap());
+    let vendor = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        let cookie = headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (
+            [
+                ("set-cookie", "vault_key_ui=planted; Path=/ui"),
+                ("x-vendor-header", "kept"),
+            ],
+            axum::Json(json!({ "cookie": cookie })),
+        )
+    });
+    tokio::spawn(async move { axum::serve(listener, vendor).await });
+    let server = start_with(|c| c.vendors.push(generic_vendor("acme", &vendor_url, 0))).await;
+    let key = issue(&server, json!({"label": "cookies", "vendor": "acme", "daily_usd_cap": 1, "allowed_endpoints": ["/v1/things"], "expires_in": "5m"})).await;
+    let response = http()
+        .get(format!("{}/acme/v1/things", server.url()))
+        .bearer_auth(token(&key))
+        .header("cookie", "vault_key_ui=the-operators-session; other=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    assert_eq!(response.headers()["x-vendor-header"], "kept");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["cookie"], "", "the vendor saw a cookie: {seen}");
+}
