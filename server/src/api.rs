@@ -401,6 +401,7 @@ pub(crate) fn key_view(key: KeyRecord, spend: DaySpend, now: OffsetDateTime) -> 
         reserved_usd: spend.reserved,
         requests: key.requests,
         refusals: key.refusals,
+        grant_id: key.grant_id,
     }
 }
 

@@ -113,6 +113,17 @@ impl App {
         Ok(revoked)
     }
 
+    /// Revokes a grant (or a run), its runs and every key recorded from them; `None` when there is
+    /// no such grant, else how many keys were revoked now.
+    pub async fn revoke_grant(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let revoked = self.store.revoke_grant(id, self.clock.now()).await?;
+        if let Some(revoked) = revoked {
+            self.metrics.keys_revoked("grant", revoked);
+            tracing::info!(grant_id = %id, revoked, "grant revoked with its keys");
+        }
+        Ok(revoked)
+    }
+
     /// Revokes every live key whose label `labels` takes; returns how many.
     pub async fn revoke_labels(&self, labels: LabelMatch<'_>) -> Result<u64, StoreError> {
         let now = self.clock.now();

@@ -153,7 +153,7 @@ fn terms(app: &App, grant: &GrantRecord) -> GrantTerms {
     }
 }
 
-fn no_such_grant() -> ApiError {
+pub(crate) fn no_such_grant() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,
@@ -209,13 +209,7 @@ async fn revoke_grant(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<RevokedCount>, ApiError> {
-    let revoked = app
-        .store
-        .revoke_grant(&id, app.clock.now())
-        .await?
-        .ok_or_else(no_such_grant)?;
-    app.metrics.keys_revoked("grant", revoked);
-    tracing::info!(grant_id = %id, revoked, "grant revoked with its keys");
+    let revoked = app.revoke_grant(&id).await?.ok_or_else(no_such_grant)?;
     Ok(Json(RevokedCount { revoked }))
 }
 
@@ -330,15 +324,17 @@ pub(crate) async fn admit(
     }
 }
 
+/// Whether `id` has the shape of a grant's (or a run's) id: `grt_` and 22 letters or digits.
+pub(crate) fn looks_like_grant_id(id: &str) -> bool {
+    id.strip_prefix(GRANT_ID_PREFIX)
+        .is_some_and(|rest| rest.len() == 22 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// The run a minted key's run block describes, as a grant of its own under `grant`, if it
 /// narrows the grant; else what is wider. Its keys' other terms (largest key cap, endpoints,
 /// methods, longest life) are the grant's.
 fn narrowed_run(grant: &GrantRecord, run: &RunCaveats) -> Result<GrantRecord, String> {
-    let id_ok = run
-        .run_id
-        .strip_prefix(GRANT_ID_PREFIX)
-        .is_some_and(|rest| rest.len() == 22 && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if !id_ok {
+    if !looks_like_grant_id(&run.run_id) {
         return Err("its run's id is not a grant id (`grt_` and 22 letters or digits)".to_owned());
     }
     if !run.label_prefix.starts_with(&grant.label_prefix)

@@ -440,7 +440,8 @@ fn key_details(key: &KeyView, now: OffsetDateTime) -> String {
         ("methods", methods),
         ("expires", expiry(key, now)),
     ]
-    .iter()
+    .into_iter()
+    .chain(key.grant_id.clone().map(|grant| ("minted from", grant)))
     .map(|(name, value)| format!("{name:<12} {value}\n"))
     .collect()
 }

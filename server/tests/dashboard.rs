@@ -614,3 +614,81 @@ async fn the_origin_check_trusts_the_browsers_fetch_metadata_and_every_session_c
     assert_eq!(status_of(&server, &key).await, "revoked");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_minted_keys_page_stops_its_whole_run_used_keys_and_unused() {
+    use vault_key_wire::RunCaveats;
+    let server = start().await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
+    let now = time::OffsetDateTime::now_utc();
+    let run = |name: &str| RunCaveats {
+        run_id: format!("grt_{}", &vault_key_server::token::generate_key_id()[4..]),
+        label_prefix: format!("run-7/{name}/"),
+        daily_cap_micros: 30_000_000,
+        expires_at: (now + time::Duration::minutes(30)).unix_timestamp(),
+    };
+    let (runaway, other) = (run("runaway"), run("other"));
+    let key_of = |run: &RunCaveats| {
+        let mut caveats = caveats_within(&credential, now);
+        caveats.label = format!("{}charge", run.label_prefix);
+        (
+            caveats.key_id.clone(),
+            credential.open_run(run).mint(&caveats),
+        )
+    };
+    let (used_id, used) = key_of(&runaway);
+    let (_, unused) = key_of(&runaway);
+    let (_, elsewhere) = key_of(&other);
+    assert_eq!(charge(&server, &used, 100).await.0, 200);
+    assert_eq!(charge(&server, &elsewhere, 100).await.0, 200);
+
+    let mut browser = Browser::new(&server);
+    let csrf = browser.sign_in().await;
+    let page = browser.get(&format!("/ui/keys/{used_id}")).await.body;
+    assert!(
+        page.contains(&format!(r#"<code id="grant">{}</code>"#, runaway.run_id)),
+        "{page}"
+    );
+    let stop = [
+        ("grant", runaway.run_id.as_str()),
+        ("back", "key"),
+        ("key_page", used_id.as_str()),
+    ];
+    let page = browser.revoke(&csrf, &stop).await;
+    assert_eq!(
+        (page.status, page.location()),
+        (303, format!("/ui/keys/{used_id}").as_str())
+    );
+    let landed = browser.get(page.location()).await.body;
+    assert!(
+        landed.contains(&format!(
+            "Revoked {} and 1 key minted from it",
+            runaway.run_id
+        )),
+        "{landed}"
+    );
+    let refused =
+        |answer: (u16, Value)| (answer.0, answer.1["code"].as_str().unwrap_or("").to_owned());
+    assert_eq!(
+        refused(charge(&server, &used, 100).await),
+        (401, "key_revoked".to_owned())
+    );
+    assert_eq!(
+        refused(charge(&server, &unused, 100).await),
+        (401, "key_revoked".to_owned())
+    );
+    assert_eq!(
+        charge(&server, &elsewhere, 100).await.0,
+        200,
+        "another run goes on"
+    );
+
+    for (grant, status, code) in [
+        ("grt_0000000000000000000000", 404, "not_found"),
+        ("nope", 400, "invalid_request"),
+    ] {
+        let page = browser.revoke(&csrf, &[("grant", grant)]).await;
+        assert_eq!((page.status, page.error_code()), (status, code), "{grant}");
+    }
+    server.shutdown().await;
+}

@@ -154,6 +154,9 @@ pub struct KeyView {
     /// Proxied calls the proxy refused, all time.
     #[serde(default)]
     pub refusals: u64,
+    /// The grant (or run) it was minted from; absent for a key issued by the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
 }
 
 /// `GET /v1/keys?label_prefix=&status=&vendor=&limit=&cursor=`.

@@ -676,18 +676,19 @@ async fn key_live_part(app: &App, session: &Session, id: &str) -> Result<KeyLive
 
 // ---- Revoking --------------------------------------------------------------------------------
 
-/// `POST /ui/revoke` with exactly one of `key` (an id), `label_prefix` or `label` (every key of
-/// exactly that label); then back to the page named by `back` (`key`, or the overview at the
-/// prefix in `at`), which says once what was revoked.
+/// `POST /ui/revoke` with exactly one of `key` (an id), `label_prefix`, `label` (every key of
+/// exactly that label) or `grant` (a grant or run: every key minted from it, used yet or not);
+/// then back to the page named by `back` (`key`, or the overview at the prefix in `at`), which
+/// says once what was revoked.
 async fn revoke(State(app): State<Arc<App>>, form: SignedForm) -> Result<Response, PageError> {
     let fields = &form.fields;
-    let named: Vec<&str> = ["key", "label_prefix", "label"]
+    let named: Vec<&str> = ["key", "label_prefix", "label", "grant"]
         .into_iter()
         .filter(|field| fields.contains_key(*field))
         .collect();
     let [which] = named[..] else {
         return Err(ApiError::invalid_request(
-            "name exactly one of `key`, `label_prefix` and `label`",
+            "name exactly one of `key`, `label_prefix`, `label` and `grant`",
         )
         .into());
     };
@@ -703,6 +704,21 @@ async fn revoke(State(app): State<Arc<App>>, form: SignedForm) -> Result<Respons
                 Revoked::NotFound => return Err(not_found().into()),
             }
         }
+        "grant" => {
+            if !crate::grants::looks_like_grant_id(target) {
+                return Err(
+                    ApiError::invalid_field("grant", "`grant` is a grant id (`grt_…`)").into(),
+                );
+            }
+            let revoked = app
+                .revoke_grant(target)
+                .await?
+                .ok_or_else(crate::grants::no_such_grant)?;
+            format!(
+                "Revoked {target} and {} minted from it; its keys not used yet are refused too.",
+                present::keys_counted(revoked)
+            )
+        }
         "label_prefix" => {
             let prefix = revocable_label(which, target)?;
             let revoked = app.revoke_labels(LabelMatch::Prefix(prefix)).await?;
@@ -717,8 +733,15 @@ async fn revoke(State(app): State<Arc<App>>, form: SignedForm) -> Result<Respons
             )
         }
     };
-    let back = match fields.get("back").map(String::as_str) {
-        Some("key") if which == "key" => format!("/ui/keys/{target}"),
+    let back = match (
+        fields.get("back").map(String::as_str),
+        fields.get("key_page"),
+    ) {
+        (Some("key"), _) if which == "key" => format!("/ui/keys/{target}"),
+        // The grant's button is on a key's page: back to it.
+        (Some("key"), Some(id)) if which == "grant" && looks_like_key_id(id) => {
+            format!("/ui/keys/{id}")
+        }
         _ => overview_href("/ui", &shown_prefix("at", fields.get("at"))?),
     };
     app.sessions.leave_notice(&form.signed_in.id, notice);
