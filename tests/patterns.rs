@@ -162,7 +162,15 @@ async fn layer_issues_per_request_with_labels_from_headers() {
         .await
         .unwrap();
     let id = answer["key_id"].as_str().unwrap();
-    let view = key_view(&local, id).await;
+    // A free call's audit row is written off the response path: wait for it, briefly.
+    let mut view = key_view(&local, id).await;
+    for _ in 0..100 {
+        if view.requests > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        view = key_view(&local, id).await;
+    }
     assert_eq!(view.label, "user:u-9/run:run-5");
     assert_eq!(view.allowed_endpoints, ["/v1/balance"]);
     assert_eq!(view.requests, 1);
