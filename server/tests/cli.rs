@@ -59,6 +59,7 @@ async fn fleet(server: &Server) -> (Value, Value, Value) {
         (403, &Value::from("endpoint_not_allowed")),
         "{body}"
     );
+    refusals_recorded(server, &a, 1).await;
     (a, b, c)
 }
 

@@ -377,6 +377,7 @@ async fn the_overview_groups_live_keys_by_run_and_revokes_a_label_or_a_whole_pre
     )
     .await;
     assert_eq!(status, 403);
+    refusals_recorded(&server, &reading, 1).await;
 
     let mut browser = Browser::new(&server);
     let csrf = browser.sign_in().await;

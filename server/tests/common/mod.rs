@@ -418,6 +418,18 @@ pub async fn view(server: &Server, key: &Value) -> Value {
     get_key(server, key["id"].as_str().unwrap()).await
 }
 
+/// Waits (up to 5 s) until the server has recorded `count` refused calls of `key`: a refusal's
+/// audit row is written off the response path.
+pub async fn refusals_recorded(server: &Server, key: &Value, count: u64) {
+    for _ in 0..100 {
+        if view(server, key).await["refusals"].as_u64() >= Some(count) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{count} refusals of {} were never recorded", key["id"]);
+}
+
 /// The POSTs the servers' sandboxes executed.
 pub fn charges_executed(servers: &[Server]) -> usize {
     servers
