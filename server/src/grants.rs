@@ -309,7 +309,7 @@ pub(crate) async fn admit(
     }
     match app
         .store
-        .record_minted_key(&key, run.as_ref(), &grant.id, day)
+        .record_minted_key(&key, run.as_ref(), &grant.id, day, now)
         .await?
     {
         MintedKey::Recorded(found) => {

@@ -239,16 +239,21 @@ async fn minted_keys_are_revoked_by_their_holder_seen_or_not_and_with_their_gran
         code(&charge(&server, &seen_token, 100).await),
         (401, "key_revoked")
     );
-    // Revoked before it was ever used: refused at its first use, and never recorded as live.
+    // Revoked before it was ever used: refused at its first use, and from then on on record as
+    // revoked (presenting it again is a read, not another write).
     assert_eq!(
         code(&charge(&server, &unseen_token, 100).await),
         (401, "key_revoked")
     );
+    let (status, recorded) = admin_get(&server, &format!("/v1/keys/{}", unseen.key_id)).await;
     assert_eq!(
-        admin_get(&server, &format!("/v1/keys/{}", unseen.key_id))
-            .await
-            .0,
-        404
+        (status, recorded["status"].as_str()),
+        (200, Some("revoked")),
+        "{recorded}"
+    );
+    assert_eq!(
+        code(&charge(&server, &unseen_token, 100).await),
+        (401, "key_revoked")
     );
 
     // Revoking the grant: its seen keys at once, its unseen ones at first use.

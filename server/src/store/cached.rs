@@ -449,8 +449,9 @@ impl Store for CachedStore {
         run: Option<&GrantRecord>,
         grant_id: &str,
         day: Date,
+        at: OffsetDateTime,
     ) -> Result<MintedKey, StoreError> {
-        within_deadline(self.inner.record_minted_key(key, run, grant_id, day)).await
+        within_deadline(self.inner.record_minted_key(key, run, grant_id, day, at)).await
     }
 
     async fn revoke_minted(

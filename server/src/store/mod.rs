@@ -525,13 +525,16 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_grant(&self, id: &str, at: OffsetDateTime) -> Result<Option<u64>, StoreError>;
     /// Records a minted key the first time it is presented (and its run, when it has one and the
     /// run is new), unless its grant or run is revoked or its holder revoked it first (a
-    /// tombstone under `grant_id`, the grant it was minted from), atomically with the checks.
+    /// tombstone under `grant_id`, the grant it was minted from), atomically with the checks. A
+    /// key refused so is recorded as revoked `at` (when its grant or run is on record), so that
+    /// presenting it again is a read, not another transaction.
     async fn record_minted_key(
         &self,
         key: &KeyRecord,
         run: Option<&GrantRecord>,
         grant_id: &str,
         day: Date,
+        at: OffsetDateTime,
     ) -> Result<MintedKey, StoreError>;
     /// Revokes minted keys of a grant (or of its runs) by id, seen or not: those recorded now,
     /// the others when they are first presented (their tombstones are kept until `until`, when they would have

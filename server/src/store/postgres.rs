@@ -670,6 +670,7 @@ impl Store for PostgresStore {
         run: Option<&GrantRecord>,
         grant_id: &str,
         day: Date,
+        at: OffsetDateTime,
     ) -> Result<MintedKey, StoreError> {
         let mut tx = self.pool.begin().await?;
         let grant_live: Option<bool> =
@@ -695,6 +696,8 @@ impl Store for PostgresStore {
         .fetch_one(&mut *tx)
         .await?;
         if grant_live != Some(true) || tombstoned || label_revoked {
+            remember_refused_key(&mut tx, key, at).await?;
+            tx.commit().await?;
             return Ok(MintedKey::Revoked);
         }
         if let Some(run) = run {
@@ -713,7 +716,11 @@ impl Store for PostgresStore {
             .await?;
             match recorded {
                 Some((None, true)) => {}
-                Some((Some(_), _)) => return Ok(MintedKey::Revoked),
+                Some((Some(_), _)) => {
+                    remember_refused_key(&mut tx, key, at).await?;
+                    tx.commit().await?;
+                    return Ok(MintedKey::Revoked);
+                }
                 _ => return Ok(MintedKey::IdTaken),
             }
         }
@@ -920,6 +927,36 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
         call_id,
         reserved: reserve,
     })
+}
+
+/// Records a minted key refused at its first use as revoked `at`, when its grant (or run) is on
+/// record; nothing if it (or its id) is already.
+async fn remember_refused_key(
+    conn: &mut PgConnection,
+    key: &KeyRecord,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let (endpoints, methods) = encoded_policy(key)?;
+    sqlx::query(
+        "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, allowed_endpoints, \
+         allowed_methods, created_ms, expires_ms, grant_id, revoked_ms) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+         WHERE EXISTS (SELECT 1 FROM grants WHERE id = $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(&key.id)
+    .bind(&key.token_hash.0[..])
+    .bind(&key.label)
+    .bind(&key.vendor)
+    .bind(micros(key.daily_cap))
+    .bind(endpoints)
+    .bind(methods)
+    .bind(to_ms(key.created_at))
+    .bind(to_ms(key.expires_at))
+    .bind(&key.grant_id)
+    .bind(to_ms(at))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Inserts a key's row (doing nothing when its id or token exists, if `or_ignore`).

@@ -715,6 +715,7 @@ impl Store for SqliteStore {
         run: Option<&GrantRecord>,
         grant_id: &str,
         day: Date,
+        at: OffsetDateTime,
     ) -> Result<MintedKey, StoreError> {
         let row = KeyColumns::of(key)?;
         let run = run.map(GrantColumns::of).transpose()?;
@@ -732,6 +733,7 @@ impl Store for SqliteStore {
                     .prepare_cached(LABEL_REVOKED_SINCE_MINTED)?
                     .exists(params![row.label, row.created_ms - MINTER_CLOCK_SKEW_MS])?;
                 if !grant_live || tombstoned || label_revoked {
+                    remember_refused_key(conn, &row, at)?;
                     return Ok(Some(MintedKey::Revoked));
                 }
                 if let Some(run) = &run {
@@ -749,7 +751,10 @@ impl Store for SqliteStore {
                         .optional()?;
                     match recorded {
                         Some((None, true)) => {}
-                        Some((Some(_), _)) => return Ok(Some(MintedKey::Revoked)),
+                        Some((Some(_), _)) => {
+                            remember_refused_key(conn, &row, at)?;
+                            return Ok(Some(MintedKey::Revoked));
+                        }
                         _ => return Ok(Some(MintedKey::IdTaken)),
                     }
                 }
@@ -1041,6 +1046,35 @@ fn insert_key_row(
         key.created_ms,
         key.expires_ms,
         key.grant_id,
+    ])?;
+    Ok(())
+}
+
+/// Records a minted key refused at its first use as revoked `at`, when its grant (or run) is on
+/// record; nothing if it (or its id) is already.
+fn remember_refused_key(
+    conn: &rusqlite::Connection,
+    key: &KeyColumns,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, allowed_endpoints, \
+         allowed_methods, created_ms, expires_ms, grant_id, revoked_ms) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 \
+         WHERE EXISTS (SELECT 1 FROM grants WHERE id = ?10) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        key.id,
+        &key.token_hash[..],
+        key.label,
+        key.vendor,
+        key.daily_cap,
+        key.endpoints,
+        key.methods,
+        key.created_ms,
+        key.expires_ms,
+        key.grant_id,
+        to_ms(at),
     ])?;
     Ok(())
 }
