@@ -175,10 +175,9 @@ async fn get_grant(
     let mut shown = view(&app, &grant, spend, now);
     // A run stops with its grant: it shows so.
     if let Some(parent) = &grant.parent_id {
-        if let Some((parent, parent_spend)) = app.store.grant(parent, utc_day(now)).await? {
-            let parent_status = view(&app, &parent, parent_spend, now).status;
+        if let Some((parent, _)) = app.store.grant(parent, utc_day(now)).await? {
             if shown.status == KeyStatus::Active {
-                shown.status = parent_status;
+                shown.status = parent.status(now);
             }
         }
     }
@@ -188,13 +187,7 @@ async fn get_grant(
 fn view(app: &App, grant: &GrantRecord, spend: DaySpend, now: OffsetDateTime) -> GrantView {
     GrantView {
         id: grant.id.clone(),
-        status: if grant.revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else if now >= grant.expires_at {
-            KeyStatus::Expired
-        } else {
-            KeyStatus::Active
-        },
+        status: grant.status(now),
         terms: terms(app, grant),
         revoked_at: grant.revoked_at,
         spent_today_usd: spend.spent,
@@ -216,33 +209,11 @@ async fn revoke_grant(
 /// `POST /v1/grants/{id}/revoke` `{"ids": […]}`, authorised by the grant's own credential: its
 /// holder revokes keys it minted, whether the proxy has seen them or not.
 async fn revoke_minted(
+    GrantHolder(grant): GrantHolder,
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: http::HeaderMap,
     AdminBody(body): AdminBody,
 ) -> Result<Json<RevokedCount>, ApiError> {
-    let unauthorized = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "this route needs `Authorization: Bearer <the grant's credential>`",
-        )
-    };
-    let credential = bearer(&headers)
-        .and_then(|token| GrantCredential::parse(token).ok())
-        .filter(|credential| credential.id() == id)
-        .ok_or_else(unauthorized)?;
     let now = app.clock.now();
-    let (grant, _) = app
-        .store
-        .grant(&id, utc_day(now))
-        .await?
-        .ok_or_else(unauthorized)?;
-    // A run has no credential of its own: its keys are revoked with its grant's.
-    let stored = grant.secret.as_ref().ok_or_else(unauthorized)?;
-    if !TokenHash::of(credential.secret()).matches(&TokenHash::of(stored.expose_secret())) {
-        return Err(unauthorized());
-    }
     let request = read_object(&body)?;
     let fields = Fields::only(&request, &["ids"])?;
     let ids = fields.key_ids()?;
@@ -255,6 +226,45 @@ async fn revoke_minted(
     app.metrics.keys_revoked("minted", revoked);
     tracing::info!(grant_id = %grant.id, keys = ids.len(), revoked, "minted keys revoked by their grant");
     Ok(Json(RevokedCount { revoked }))
+}
+
+/// Proof that the request carried the credential of the grant its path names (checked before
+/// the body is read, as the admin token is on the admin routes). A run has no credential of its
+/// own: its keys are revoked with its grant's.
+struct GrantHolder(GrantRecord);
+
+impl axum::extract::FromRequestParts<Arc<App>> for GrantHolder {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        app: &Arc<App>,
+    ) -> Result<GrantHolder, ApiError> {
+        let unauthorized = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "this route needs `Authorization: Bearer <the grant's credential>`",
+            )
+        };
+        let Path(id) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|_| unauthorized())?;
+        let credential = bearer(&parts.headers)
+            .and_then(|token| GrantCredential::parse(token).ok())
+            .filter(|credential| credential.id() == id)
+            .ok_or_else(unauthorized)?;
+        let (grant, _) = app
+            .store
+            .grant(&id, utc_day(app.clock.now()))
+            .await?
+            .ok_or_else(unauthorized)?;
+        let stored = grant.secret.as_ref().ok_or_else(unauthorized)?;
+        if !TokenHash::of(credential.secret()).matches(&TokenHash::of(stored.expose_secret())) {
+            return Err(unauthorized());
+        }
+        Ok(GrantHolder(grant))
+    }
 }
 
 /// The proxy's first sight of a minted key (`token`, hashing to `hash`): checked against its
@@ -287,12 +297,7 @@ pub(crate) async fn admit(
             "the minted key was not minted by its grant, or was changed since",
         ));
     }
-    if grant.revoked_at.is_some() {
-        return Err(Refusal::KeyRevoked);
-    }
-    if now >= grant.expires_at {
-        return Err(Refusal::KeyExpired);
-    }
+    crate::policy::usable(grant.status(now))?;
     // A key of a run narrows the run, which narrows the grant.
     let run = minted
         .run()
@@ -300,13 +305,9 @@ pub(crate) async fn admit(
         .transpose()
         .map_err(Refusal::KeyWiderThanGrant)?;
     let scope = run.as_ref().unwrap_or(&grant);
-    if now >= scope.expires_at {
-        return Err(Refusal::KeyExpired);
-    }
+    crate::policy::usable(scope.status(now))?;
     let key = narrowed_key(scope, caveats, hash, now).map_err(Refusal::KeyWiderThanGrant)?;
-    if now >= key.expires_at {
-        return Err(Refusal::KeyExpired);
-    }
+    crate::policy::check_state(&key, now)?;
     match app
         .store
         .record_minted_key(&key, run.as_ref(), &grant.id, day, now)

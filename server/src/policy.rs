@@ -11,16 +11,21 @@ use time::OffsetDateTime;
 use crate::app::LiveVendor;
 use crate::proxy::Refusal;
 use crate::store::KeyRecord;
+use vault_key_wire::KeyStatus;
 
 /// Revoked or expired keys are refused. The proxy checks this when the key is found and again
 /// immediately before the money moves (inside the reservation, or after a body has arrived).
 pub(crate) fn check_state(key: &KeyRecord, now: OffsetDateTime) -> Result<(), Refusal> {
-    if key.revoked_at.is_some() {
-        Err(Refusal::KeyRevoked)
-    } else if now >= key.expires_at {
-        Err(Refusal::KeyExpired)
-    } else {
-        Ok(())
+    usable(key.status(now))
+}
+
+/// A status as the proxy answers it: active goes on, revoked and expired are refused (a minted
+/// key's grant and run are held to this too).
+pub(crate) fn usable(status: KeyStatus) -> Result<(), Refusal> {
+    match status {
+        KeyStatus::Active => Ok(()),
+        KeyStatus::Revoked => Err(Refusal::KeyRevoked),
+        KeyStatus::Expired => Err(Refusal::KeyExpired),
     }
 }
 

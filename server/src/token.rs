@@ -303,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn a_body_of_token_shaped_junk_is_scanned_in_linear_time_or_refused() {
+    fn token_shaped_junk_is_refused_past_a_handful_of_candidates_and_long_runs_find_nothing() {
         // Every `vkm_` of these shares a tail: checked one by one, each would cost a checksum
         // over kilobytes. Past a handful of candidates the body is refused instead.
         let junk = format!("{}.{}", "vkm_".repeat(2_000), "A".repeat(49));
@@ -316,15 +316,14 @@ mod tests {
             format!("vkm_A.{}", "A".repeat(49)).repeat(3).as_bytes()
         ));
         assert!(!appears_in("vkm_A.".repeat(200_000).as_bytes()));
-        // Long runs without a tail cost one pass: nothing is found, quickly.
-        let started = std::time::Instant::now();
+        // Long runs with no tail: no candidate at all, nothing found. (How long the scan takes is
+        // the bench's to say, not a test's; what a test can hold is that these inputs, which cost
+        // the first scanner minutes, now give these answers.)
         for body in [
             "vkm_".repeat(250_000),
             format!("vkm_{}", ".".repeat(1_000_000)),
         ] {
             assert!(!appears_in(body.as_bytes()));
         }
-        // Not a timing assertion (the machine is shared): a quadratic scan takes minutes here.
-        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 }

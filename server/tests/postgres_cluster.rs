@@ -190,15 +190,12 @@ async fn a_grant_revoked_through_one_server_stops_its_keys_on_the_others_as_fast
         p50(&grant_lags),
         grant_lags[grant_lags.len() - 1],
     );
-    // The same push carries both (each revoked key's id); the bounds are those of a key's.
-    assert!(
-        p50(&grant_lags) < Duration::from_millis(100),
-        "{grant_lags:?}"
-    );
-    assert!(
-        grant_lags[grant_lags.len() - 1] < Duration::from_secs(1),
-        "{grant_lags:?}"
-    );
+    // The same push carries both (each revoked key's id): both are held to the bounds of the
+    // key revocation test above, in the same run.
+    for lags in [&key_lags, &grant_lags] {
+        assert!(p50(lags) < Duration::from_millis(100), "{lags:?}");
+        assert!(lags[lags.len() - 1] < Duration::from_secs(1), "{lags:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -179,13 +179,39 @@ pub struct KeyRecord {
 impl KeyRecord {
     /// Status at `now`; revocation wins over expiry.
     pub fn status(&self, now: OffsetDateTime) -> KeyStatus {
-        if self.revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else if now >= self.expires_at {
-            KeyStatus::Expired
-        } else {
-            KeyStatus::Active
-        }
+        status_at(self.revoked_at, self.expires_at, now)
+    }
+}
+
+/// A minted key refused at its first use, as it is recorded: revoked `at`, so that presenting
+/// it again is a read rather than another write.
+pub(crate) fn revoked_at(key: &KeyRecord, at: OffsetDateTime) -> KeyRecord {
+    KeyRecord {
+        revoked_at: Some(at),
+        ..key.clone()
+    }
+}
+
+/// The issue time a label revocation is compared with for a minted key: its own, moved back by
+/// the skew a minter's clock may have, so that a key stamped up to that much after a revocation
+/// counts as minted before it (fail closed).
+pub(crate) fn minted_no_later_than(key: &KeyRecord) -> OffsetDateTime {
+    key.created_at - crate::grants::CLOCK_SKEW
+}
+
+/// Whether something that can be revoked and expires is usable at `now`: revocation wins over
+/// expiry. One rule for keys, grants and runs.
+pub fn status_at(
+    revoked_at: Option<OffsetDateTime>,
+    expires_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> KeyStatus {
+    if revoked_at.is_some() {
+        KeyStatus::Revoked
+    } else if now >= expires_at {
+        KeyStatus::Expired
+    } else {
+        KeyStatus::Active
     }
 }
 
@@ -323,6 +349,13 @@ pub struct GrantRecord {
     pub expires_at: OffsetDateTime,
     /// Revocation time.
     pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl GrantRecord {
+    /// Status at `now`, as a key's.
+    pub fn status(&self, now: OffsetDateTime) -> KeyStatus {
+        status_at(self.revoked_at, self.expires_at, now)
+    }
 }
 
 impl std::fmt::Debug for GrantRecord {

@@ -33,9 +33,9 @@ use super::rows::{
     IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
-    utc_day, CallRecord, DaySpend, DeniedCall, GrantRecord, KeyCounts, KeyInvalidation, KeyQuery,
-    KeyRecord, LabelMatch, MintedKey, NewCall, OpenedCall, Refusal, Revoked, Settled, Store,
-    StoreError,
+    minted_no_later_than, revoked_at, utc_day, CallRecord, DaySpend, DeniedCall, GrantRecord,
+    KeyCounts, KeyInvalidation, KeyQuery, KeyRecord, LabelMatch, MintedKey, NewCall, OpenedCall,
+    Refusal, Revoked, Settled, Store, StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -692,11 +692,11 @@ impl Store for PostgresStore {
         )
         .bind(&key.label)
         // A key minted within a minter's clock skew after the revocation counts as before it.
-        .bind(to_ms(key.created_at - crate::grants::CLOCK_SKEW))
+        .bind(to_ms(minted_no_later_than(key)))
         .fetch_one(&mut *tx)
         .await?;
         if grant_live != Some(true) || tombstoned || label_revoked {
-            remember_refused_key(&mut tx, key, at).await?;
+            insert_key_row(&mut *tx, &revoked_at(key, at), true).await?;
             tx.commit().await?;
             return Ok(MintedKey::Revoked);
         }
@@ -717,7 +717,7 @@ impl Store for PostgresStore {
             match recorded {
                 Some((None, true)) => {}
                 Some((Some(_), _)) => {
-                    remember_refused_key(&mut tx, key, at).await?;
+                    insert_key_row(&mut *tx, &revoked_at(key, at), true).await?;
                     tx.commit().await?;
                     return Ok(MintedKey::Revoked);
                 }
@@ -929,37 +929,8 @@ async fn open_call(conn: &mut PgConnection, call: &NewCall) -> Result<OpenedCall
     })
 }
 
-/// Records a minted key refused at its first use as revoked `at`, when its grant (or run) is on
-/// record; nothing if it (or its id) is already.
-async fn remember_refused_key(
-    conn: &mut PgConnection,
-    key: &KeyRecord,
-    at: OffsetDateTime,
-) -> Result<(), StoreError> {
-    let (endpoints, methods) = encoded_policy(key)?;
-    sqlx::query(
-        "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, allowed_endpoints, \
-         allowed_methods, created_ms, expires_ms, grant_id, revoked_ms) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
-         WHERE EXISTS (SELECT 1 FROM grants WHERE id = $10) ON CONFLICT DO NOTHING",
-    )
-    .bind(&key.id)
-    .bind(&key.token_hash.0[..])
-    .bind(&key.label)
-    .bind(&key.vendor)
-    .bind(micros(key.daily_cap))
-    .bind(endpoints)
-    .bind(methods)
-    .bind(to_ms(key.created_at))
-    .bind(to_ms(key.expires_at))
-    .bind(&key.grant_id)
-    .bind(to_ms(at))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Inserts a key's row (doing nothing when its id or token exists, if `or_ignore`).
+/// Inserts a key's row, revoked or not (doing nothing when its id or token exists, if
+/// `or_ignore`). A minted key is written only while its grant (or run) is on record.
 async fn insert_key_row<'c>(
     conn: impl sqlx::Executor<'c, Database = Postgres>,
     key: &KeyRecord,
@@ -968,8 +939,9 @@ async fn insert_key_row<'c>(
     macro_rules! insert {
         () => {
             "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id, revoked_ms) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE $10::TEXT IS NULL \
+             OR EXISTS (SELECT 1 FROM grants WHERE id = $10)"
         };
     }
     let sql = if or_ignore {
@@ -989,6 +961,7 @@ async fn insert_key_row<'c>(
         .bind(to_ms(key.created_at))
         .bind(to_ms(key.expires_at))
         .bind(&key.grant_id)
+        .bind(key.revoked_at.map(to_ms))
         .execute(conn)
         .await?;
     Ok(())

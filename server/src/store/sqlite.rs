@@ -31,8 +31,9 @@ use super::rows::{
     IDEMPOTENCY_WINDOW_MS,
 };
 use super::{
-    utc_day, CallRecord, DaySpend, DeniedCall, GrantRecord, KeyCounts, KeyQuery, KeyRecord,
-    LabelMatch, MintedKey, NewCall, OpenedCall, Refusal, Revoked, Settled, Store, StoreError,
+    minted_no_later_than, revoked_at, utc_day, CallRecord, DaySpend, DeniedCall, GrantRecord,
+    KeyCounts, KeyQuery, KeyRecord, LabelMatch, MintedKey, NewCall, OpenedCall, Refusal, Revoked,
+    Settled, Store, StoreError,
 };
 use crate::meter::Settlement;
 use crate::token::TokenHash;
@@ -718,6 +719,7 @@ impl Store for SqliteStore {
         at: OffsetDateTime,
     ) -> Result<MintedKey, StoreError> {
         let row = KeyColumns::of(key)?;
+        let refused = KeyColumns::of(&revoked_at(key, at))?;
         let run = run.map(GrantColumns::of).transpose()?;
         let grant_id = grant_id.to_owned();
         let recorded = self
@@ -731,9 +733,9 @@ impl Store for SqliteStore {
                     .exists(params![row.id, grant_id])?;
                 let label_revoked = conn
                     .prepare_cached(LABEL_REVOKED_SINCE_MINTED)?
-                    .exists(params![row.label, row.created_ms - MINTER_CLOCK_SKEW_MS])?;
+                    .exists(params![row.label, row.minted_no_later_than_ms])?;
                 if !grant_live || tombstoned || label_revoked {
-                    remember_refused_key(conn, &row, at)?;
+                    insert_key_row(conn, &refused, true)?;
                     return Ok(Some(MintedKey::Revoked));
                 }
                 if let Some(run) = &run {
@@ -752,7 +754,7 @@ impl Store for SqliteStore {
                     match recorded {
                         Some((None, true)) => {}
                         Some((Some(_), _)) => {
-                            remember_refused_key(conn, &row, at)?;
+                            insert_key_row(conn, &refused, true)?;
                             return Ok(Some(MintedKey::Revoked));
                         }
                         _ => return Ok(Some(MintedKey::IdTaken)),
@@ -976,10 +978,6 @@ fn open_call(conn: &rusqlite::Connection, call: &NewCall) -> Result<OpenedCall, 
     })
 }
 
-/// How far a minter's clock may run ahead of the server's, in milliseconds: a key whose issue
-/// time is within it after a label revocation is taken as minted before it (fail closed).
-const MINTER_CLOCK_SKEW_MS: i64 = crate::grants::CLOCK_SKEW.whole_milliseconds() as i64;
-
 /// Whether an operator revoked the label (?1) of a minted key, or a prefix of it, after the key
 /// was minted (?2, already moved back by the minter's possible clock skew).
 const LABEL_REVOKED_SINCE_MINTED: &str = "SELECT 1 FROM label_revocations WHERE at_ms >= ?2 \
@@ -997,6 +995,9 @@ struct KeyColumns {
     created_ms: i64,
     expires_ms: i64,
     grant_id: Option<String>,
+    revoked_ms: Option<i64>,
+    /// What a label revocation is compared with (see `minted_no_later_than`).
+    minted_no_later_than_ms: i64,
 }
 
 impl KeyColumns {
@@ -1013,11 +1014,14 @@ impl KeyColumns {
             created_ms: to_ms(key.created_at),
             expires_ms: to_ms(key.expires_at),
             grant_id: key.grant_id.clone(),
+            revoked_ms: key.revoked_at.map(to_ms),
+            minted_no_later_than_ms: to_ms(minted_no_later_than(key)),
         })
     }
 }
 
-/// Inserts a key's row (doing nothing when its id or token exists, if `or_ignore`).
+/// Inserts a key's row, revoked or not (doing nothing when its id or token exists, if
+/// `or_ignore`). A minted key is written only while its grant (or run) is on record.
 fn insert_key_row(
     conn: &rusqlite::Connection,
     key: &KeyColumns,
@@ -1026,8 +1030,9 @@ fn insert_key_row(
     macro_rules! insert {
         () => {
             "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, \
-             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             allowed_endpoints, allowed_methods, created_ms, expires_ms, grant_id, revoked_ms) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 WHERE ?10 IS NULL \
+             OR EXISTS (SELECT 1 FROM grants WHERE id = ?10)"
         };
     }
     let sql = if or_ignore {
@@ -1046,35 +1051,7 @@ fn insert_key_row(
         key.created_ms,
         key.expires_ms,
         key.grant_id,
-    ])?;
-    Ok(())
-}
-
-/// Records a minted key refused at its first use as revoked `at`, when its grant (or run) is on
-/// record; nothing if it (or its id) is already.
-fn remember_refused_key(
-    conn: &rusqlite::Connection,
-    key: &KeyColumns,
-    at: OffsetDateTime,
-) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO keys (id, token_hash, label, vendor, daily_cap_micros, allowed_endpoints, \
-         allowed_methods, created_ms, expires_ms, grant_id, revoked_ms) \
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 \
-         WHERE EXISTS (SELECT 1 FROM grants WHERE id = ?10) ON CONFLICT DO NOTHING",
-    )?
-    .execute(params![
-        key.id,
-        &key.token_hash[..],
-        key.label,
-        key.vendor,
-        key.daily_cap,
-        key.endpoints,
-        key.methods,
-        key.created_ms,
-        key.expires_ms,
-        key.grant_id,
-        to_ms(at),
+        key.revoked_ms,
     ])?;
     Ok(())
 }
