@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use vault_key_server::{ConfigFile, Server};
 
 /// A sandbox server that also meters Indonesian rupiah (minor unit: sen) and euros.
@@ -447,32 +446,6 @@ async fn another_keys_idempotency_key_gives_no_ownership_of_its_object() {
         "{body}"
     );
     assert_eq!(usd_moved(&server), 0);
-}
-
-/// Opens a connection and sends a request's head, announcing a body of `length` bytes.
-async fn send_head(server: &Server, path: &str, token: &str, length: u128) -> TcpStream {
-    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: vault.test\r\nconnection: close\r\n\
-         authorization: Bearer {token}\r\n\
-         content-type: application/x-www-form-urlencoded\r\ncontent-length: {length}\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-}
-
-/// Reads the whole answer on `stream`: its status and JSON body.
-async fn read_answer(mut stream: TcpStream) -> (u16, Value) {
-    let mut bytes = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes)).await;
-    let text = String::from_utf8_lossy(&bytes);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no answer: {text:?}"));
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 #[tokio::test]

@@ -1039,3 +1039,269 @@ async fn look_alike_output_limits_never_reach_the_vendor_above_what_was_reserved
         "every look-alike was refused: the forwarded branch went untested"
     );
 }
+
+/// A fresh key minted from `credential` for payment intents and customers, $20 a day.
+fn minted(credential: &vault_key_wire::GrantCredential) -> (String, String) {
+    let mut caveats = caveats_within(credential, time::OffsetDateTime::now_utc());
+    caveats.allowed_endpoints = vec![
+        "/v1/payment_intents".parse().unwrap(),
+        "/v1/payment_intents/*".parse().unwrap(),
+    ];
+    (caveats.key_id.clone(), credential.mint(&caveats))
+}
+
+#[tokio::test]
+async fn minted_key_and_grant_tricks_are_refused_and_never_reach_the_vendor() {
+    use vault_key_wire::RunCaveats;
+    let server = start().await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
+    let (_, good) = minted(&credential);
+    let grant = credential.token();
+    let run = RunCaveats {
+        run_id: format!("grt_{}", &vault_key_server::token::generate_key_id()[4..]),
+        label_prefix: "run-7/r/".to_owned(),
+        daily_cap_micros: 1_000_000,
+        expires_at: (time::OffsetDateTime::now_utc() + time::Duration::minutes(5)).unix_timestamp(),
+    };
+    let mut of_run = caveats_within(&credential, time::OffsetDateTime::now_utc());
+    of_run.label = "run-7/r/charge".to_owned();
+    let in_run = credential.open_run(&run).mint(&of_run);
+    // The run's key with its run block cut out: the key block and tag alone, checksum redone.
+    let (_, key_and_tag) = in_run["vkm_".len()..in_run.len() - 6]
+        .split_once('.')
+        .unwrap();
+    let unrun = format!("vkm_{key_and_tag}");
+    let unrun = format!("{unrun}{}", vault_key_wire::checksum(&unrun));
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let bearer = format!("authorization: Bearer {good}");
+    let intent = "/stripe/v1/payment_intents";
+    let cases = vec![
+        with_headers(
+            case(
+                "minted key only in the query",
+                "GET",
+                leak(format!("{intent}?key={good}")),
+                400,
+                "invalid_path",
+            ),
+            &[],
+        ),
+        with_headers(
+            case(
+                "minted key in the path as well",
+                "GET",
+                leak(format!("{intent}/{good}")),
+                400,
+                "invalid_path",
+            ),
+            &[&bearer],
+        ),
+        with_headers(
+            case(
+                "minted key in another header",
+                "GET",
+                intent,
+                400,
+                "invalid_request",
+            ),
+            &[&bearer, leak(format!("x-note: {good}"))],
+        ),
+        with_headers(
+            case(
+                "minted key in a header named by Connection",
+                "GET",
+                intent,
+                400,
+                "invalid_request",
+            ),
+            &[
+                &bearer,
+                "connection: x-note",
+                leak(format!("x-note: {good}")),
+            ],
+        ),
+        with_body(
+            with_headers(
+                case(
+                    "minted key in the form body",
+                    "POST",
+                    intent,
+                    400,
+                    "invalid_request",
+                ),
+                &[&bearer, FORM],
+            ),
+            leak(format!("amount=100&currency=usd&description={good}")),
+        ),
+        with_body(
+            with_headers(
+                case(
+                    "minted key form-escaped in the body",
+                    "POST",
+                    intent,
+                    400,
+                    "invalid_request",
+                ),
+                &[&bearer, FORM],
+            ),
+            leak(format!(
+                "amount=100&currency=usd&description={}",
+                good.replacen('v', "%76", 1)
+            )),
+        ),
+        with_body(
+            with_headers(
+                case(
+                    "minted key followed by text in the body",
+                    "POST",
+                    intent,
+                    400,
+                    "invalid_request",
+                ),
+                &[&bearer, FORM],
+            ),
+            leak(format!(
+                "amount=100&currency=usd&description=see+{good}.com"
+            )),
+        ),
+        with_body(
+            with_headers(
+                case(
+                    "the grant's credential in the body",
+                    "POST",
+                    intent,
+                    400,
+                    "invalid_request",
+                ),
+                &[&bearer, FORM],
+            ),
+            leak(format!("amount=100&currency=usd&description={grant}")),
+        ),
+        with_headers(
+            case(
+                "the grant's credential as the key",
+                "GET",
+                intent,
+                401,
+                "invalid_key",
+            ),
+            &[leak(format!("authorization: Bearer {grant}"))],
+        ),
+        with_headers(
+            case(
+                "a minted key lower-cased",
+                "GET",
+                intent,
+                401,
+                "invalid_key",
+            ),
+            &[leak(format!(
+                "authorization: Bearer {}",
+                good.to_lowercase()
+            ))],
+        ),
+        with_headers(
+            case(
+                "a run's key without its run",
+                "GET",
+                intent,
+                401,
+                "invalid_key",
+            ),
+            &[leak(format!("authorization: Bearer {unrun}"))],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let headers: Vec<&str> = case.headers.iter().map(String::as_str).collect();
+        let response = raw(
+            server.addr(),
+            &raw_request(case.method, &case.target, &headers, case.body),
+        )
+        .await;
+        if response.status != case.status || response.body["code"] != case.code {
+            failures.push(format!(
+                "{}: expected {} {}, got {} {}",
+                case.name, case.status, case.code, response.status, response.body
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(server.sandbox().unwrap().received_count(), 0);
+}
+
+#[tokio::test]
+async fn one_minted_key_used_for_the_first_time_everywhere_at_once_holds_its_cap() {
+    let server = start().await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
+    let (id, token) = minted(&credential);
+    // Twenty first uses at once of a $20 key, $10 each: every one races to record the key.
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| charge(&server, &token, 1000))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.0 == 200 || a.1["code"] == "cap_exhausted"),
+        "{answers:?}"
+    );
+    assert_eq!(charges_executed(std::slice::from_ref(&server)), 2);
+    let key = get_key(&server, &id).await;
+    assert_eq!(
+        (
+            micros(&key["spent_today_usd"]),
+            micros(&key["reserved_usd"])
+        ),
+        (20_000_000, 0),
+        "{key}"
+    );
+}
+
+#[tokio::test]
+async fn a_minted_keys_body_sent_after_its_holder_revoked_it_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let server = start().await;
+    let (_, credential) = stripe_grant(&server, 20.0, 500.0).await;
+    for first_seen_before in [true, false] {
+        let (id, token) = minted(&credential);
+        if first_seen_before {
+            assert_eq!(charge(&server, &token, 100).await.0, 200);
+        }
+        let body = "amount=300&currency=usd";
+        let mut stream = send_head(
+            &server,
+            "/stripe/v1/payment_intents",
+            &token,
+            body.len() as u128,
+        )
+        .await;
+        // The proxy admits the key on the head; its holder revokes it before the body arrives.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (status, answer) = send(
+            http()
+                .post(format!(
+                    "{}/v1/grants/{}/revoke",
+                    server.url(),
+                    credential.id()
+                ))
+                .bearer_auth(credential.token())
+                .json(&json!({ "ids": [id] })),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let (status, answer) = read_answer(stream).await;
+        assert_eq!(
+            (status, &answer["code"]),
+            (401, &json!("key_revoked")),
+            "{answer}"
+        );
+    }
+    // Only the one charge made before the revocation reached the vendor.
+    assert_eq!(charges_executed(std::slice::from_ref(&server)), 1);
+}

@@ -624,3 +624,33 @@ pub fn caveats_within(credential: &GrantCredential, now: time::OffsetDateTime) -
         expires_at: (now + time::Duration::minutes(5)).unix_timestamp(),
     }
 }
+
+/// Opens a connection and sends a request's head, announcing a body of `length` bytes.
+pub async fn send_head(server: &Server, path: &str, token: &str, length: u128) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: vault.test\r\nconnection: close\r\n\
+         authorization: Bearer {token}\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads the whole answer on `stream`: its status and JSON body.
+pub async fn read_answer(mut stream: TcpStream) -> (u16, Value) {
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut bytes),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
